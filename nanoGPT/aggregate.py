@@ -1,0 +1,123 @@
+"""Aggregation: every run of a grid -> one row of loss_overview.csv.
+
+    python -m nanoGPT.aggregate configs/runs/<grid>/*.toml [--out FILE]
+    python -m nanoGPT.aggregate output/<grid>
+
+Rows come from the given run configs, so a run that never started is listed as ``missing``
+rather than silently absent, and from every run directory in the output folders. Every row says its ``status``: done (validated), trained (not yet
+validated), running, diverged, or missing. ``name,test_loss,test_perplexity`` come first so
+the published analysis tools read the file unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from .checkpoint import atomic_write, read_json
+from .config import ConfigError, RunConfig, config_from_dict, load_toml
+from .model import get_scale
+
+COLUMNS = ["name", "test_loss", "test_perplexity", "test_loss_softmax", "test_loss_kind", "status", "diverged",
+           "diverged_at_step", "method", "scale", "lr", "gamma", "seed", "steps", "steps_done", "tokens", "time",
+           "tokens_per_s", "initial_loss", "last_train_loss", "mu_out_norm", "mu_in_norm", "emb_out_norm",
+           "emb_in_norm", "logit_mean", "logit_std", "lse_sq_mean", "val_tokens"]
+
+
+def _read_log(run_dir: Path) -> list[dict]:
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a kill: everything before it is intact
+    return rows
+
+
+def run_row(cfg: RunConfig, run_dir: Path) -> dict:
+    row = {"name": cfg.name, "method": cfg.mitigation.name, "scale": get_scale(cfg.model.scale).name,
+           "lr": cfg.optim.lr, "gamma": cfg.method.gamma, "seed": cfg.seed, "steps": cfg.schedule.max_steps,
+           "tokens": cfg.tokens, "diverged": False}
+    if not run_dir.is_dir():
+        return {**row, "status": "missing", "steps_done": 0}
+    status = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {"state": "not started"}
+    log = _read_log(run_dir)
+    row.update(status=status["state"], steps_done=status.get("step", 0), time=status.get("train_time"),
+               diverged=status["state"] == "diverged", diverged_at_step=status.get("diverged_at_step"))
+    if log:
+        row["initial_loss"] = log[0]["loss"] if log[0]["step"] == 0 else None
+        row["last_train_loss"] = status.get("last_finite_loss", log[-1]["loss"])
+        speeds = [r["tokens_per_s"] for r in log[1:]] or [log[0]["tokens_per_s"]]
+        row["tokens_per_s"] = sorted(speeds)[len(speeds) // 2]  # median: the first log step includes compilation
+    if status["state"] == "finished":
+        if (run_dir / "validation.json").exists():
+            row.update({k: v for k, v in read_json(run_dir / "validation.json").items() if k in COLUMNS})
+            row["status"] = "done"
+        else:
+            row["status"] = "trained"
+    return row
+
+
+def collect(config_paths: list[Path], output_dirs: list[Path]) -> list[dict]:
+    runs: dict[str, tuple[RunConfig, Path]] = {}
+    for path in config_paths:
+        cfg = config_from_dict(load_toml(path))
+        runs[cfg.name] = (cfg, cfg.run_dir)
+    run_configs = (p for d in output_dirs for p in sorted(d.glob("*/config.toml")))
+    for cfg_path in run_configs:
+        try:
+            cfg = config_from_dict(load_toml(cfg_path))
+        except ConfigError as e:
+            print(f"warning: skipping {cfg_path.parent}: {e}", file=sys.stderr)
+            continue
+        runs[cfg.name] = (cfg, cfg_path.parent)
+    return [run_row(cfg, run_dir) for cfg, run_dir in runs.values()]
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in sorted(rows, key=lambda r: r["name"]):
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+    atomic_write(path, buf.getvalue().encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", type=Path, help="run config files and/or output folders of runs")
+    p.add_argument("--out", type=Path, help="default: loss_overview.csv in the runs' output folder")
+    args = p.parse_args(argv)
+    config_paths = [x for x in args.inputs if x.is_file()]
+    output_dirs = [x for x in args.inputs if x.is_dir()]
+    for x in args.inputs:
+        if not x.exists():
+            print(f"error: {x} does not exist", file=sys.stderr)
+            return 2
+    try:
+        output_dirs += sorted({Path(config_from_dict(load_toml(x)).out_dir) for x in config_paths} - set(output_dirs))
+        rows = collect(config_paths, [d for d in output_dirs if d.is_dir()])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out is None and len(output_dirs) != 1:
+        print(f"error: runs from several output folders ({', '.join(map(str, output_dirs))}): say where with --out", file=sys.stderr)
+        return 2
+    out = args.out or output_dirs[0] / "loss_overview.csv"
+    write_csv(rows, out)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

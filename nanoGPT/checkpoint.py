@@ -1,0 +1,69 @@
+"""Atomic files: a crash or a full disk mid-write never leaves a half-written file in place.
+
+Everything a run writes that a later step reads (checkpoint, status, resolved config) goes
+through ``atomic_write``: write a temporary file in the same directory, fsync, then rename
+over the target, which POSIX makes atomic. A checkpoint also carries the sha256 of its
+bytes in a sidecar, so a file damaged after the fact is detected when it is loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save ``state`` atomically, then its checksum (a checkpoint without a matching
+    checksum is treated as damaged, so the order of the two renames is safe)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    atomic_write(path, data)
+    atomic_write(Path(str(path) + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    sidecar = Path(str(path) + ".sha256")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    if not sidecar.is_file():
+        raise CheckpointError(f"checkpoint {path} has no checksum file {sidecar.name}: it was not completely written")
+    if hashlib.sha256(data).hexdigest() != sidecar.read_text().strip():
+        raise CheckpointError(f"checkpoint {path} is damaged: its sha256 does not match {sidecar.name}")
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)

@@ -1,0 +1,133 @@
+"""Validation: evaluate a run's final checkpoint on a fixed validation token budget.
+
+    python -m nanoGPT.validate --prepare RUN ...   # stage 1: write <run_dir>/validation.toml
+    python -m nanoGPT.validate RUN ...             # stage 2: evaluate, write <run_dir>/validation.json
+
+RUN is a run directory or the run's config file.
+
+Every run is evaluated on the same first ``val_tokens`` predicted tokens of the validation
+shards. ``test_loss`` is the cross-entropy of the distribution the model was trained to
+output (softmax, or StableMax for StableMax runs); ``test_loss_softmax`` is always the softmax
+cross-entropy of the same logits, so StableMax runs can be compared both ways.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import tomli_w
+import torch
+
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, read_json, write_json
+from .config import ConfigError, RunConfig, config_from_dict, load_config, load_toml
+from .data import DataError, eval_batches, resolve_shards
+from .mitigations import softmax_cross_entropy_and_lse, stablemax_cross_entropy
+from .model import GPT
+
+SPEC = "validation.toml"
+RESULT = "validation.json"
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: it has no config.toml")
+    return config_from_dict(load_toml(path))
+
+
+def prepare(run_dir: Path, val: str | None = None, val_tokens: int | None = None) -> Path | None:
+    """Write the validation spec of a finished run; return None (and say why) for any other."""
+    cfg = load_run_config(run_dir)
+    status = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {"state": "not started"}
+    if status["state"] != "finished":
+        print(f"{run_dir.name}: {status['state']}, not validated")
+        return None
+    spec = {"checkpoint": str(run_dir / "ckpt.pt"), "val": val or cfg.data.val,
+            "val_tokens": val_tokens or cfg.data.val_tokens, "batch_size": cfg.data.val_batch_size,
+            "seq_len": cfg.batch.seq_len}
+    atomic_write(run_dir / SPEC, tomli_w.dumps(spec).encode())
+    return run_dir / SPEC
+
+
+@torch.no_grad()
+def evaluate(run_dir: Path, device: str = "auto") -> dict:
+    spec = load_toml(run_dir / SPEC)
+    cfg = load_run_config(run_dir)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = GPT(cfg.gpt_config())
+    model.load_state_dict(load_checkpoint(spec["checkpoint"])["model"])
+    model.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    stablemax = cfg.mitigation.stablemax
+
+    sums = {"softmax": 0.0, "stablemax": 0.0, "logit_sum": 0.0, "logit_sq": 0.0, "lse_sq": 0.0}
+    n_tokens, n_logits, t0 = 0, 0, time.perf_counter()
+    for x, y in eval_batches(resolve_shards(spec["val"]), spec["val_tokens"], spec["batch_size"], spec["seq_len"],
+                             vocab_size=cfg.model.vocab_size, device=device):
+        with autocast:
+            logits = model(x)
+        n = y.numel()
+        ce, lse = softmax_cross_entropy_and_lse(logits, y)
+        sums["softmax"] += ce.item() * n
+        if stablemax:
+            sums["stablemax"] += stablemax_cross_entropy(logits, y).item() * n
+        z = logits.float()
+        sums["logit_sum"] += z.sum().item()
+        sums["logit_sq"] += z.pow(2).sum().item()
+        sums["lse_sq"] += lse.pow(2).sum().item()
+        n_tokens += n
+        n_logits += z.numel()
+
+    softmax_ce = sums["softmax"] / n_tokens
+    test_loss = sums["stablemax"] / n_tokens if stablemax else softmax_ce
+    logit_mean = sums["logit_sum"] / n_logits
+    E, W = model.output_embedding.float(), model.wte.weight.float()
+    result = {
+        "test_loss": test_loss, "test_perplexity": math.exp(min(test_loss, 700.0)),
+        "test_loss_kind": "stablemax" if stablemax else "softmax", "test_loss_softmax": softmax_ce,
+        "val_tokens": n_tokens, "mu_out_norm": E.mean(0).norm().item(), "mu_in_norm": W.mean(0).norm().item(),
+        "emb_out_norm": E.norm(dim=1).mean().item(), "emb_in_norm": W.norm(dim=1).mean().item(),
+        "logit_mean": logit_mean, "logit_std": math.sqrt(max(0.0, sums["logit_sq"] / n_logits - logit_mean ** 2)),
+        "lse_sq_mean": sums["lse_sq"] / n_tokens, "eval_seconds": time.perf_counter() - t0,
+    }
+    write_json(run_dir / RESULT, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run directories or run config files")
+    p.add_argument("--prepare", action="store_true", help="stage 1: write validation.toml for each finished run")
+    p.add_argument("--val", help="override the validation shards (glob) when preparing")
+    p.add_argument("--val-tokens", type=int, help="override the validation token budget when preparing")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    failed = 0
+    for run in args.runs:
+        run_dir = run
+        try:
+            if run.is_file():
+                run_dir = load_config(run).run_dir
+            if args.prepare:
+                spec = prepare(run_dir, args.val, args.val_tokens)
+                if spec:
+                    print(f"{run_dir.name}: wrote {spec}")
+            elif (run_dir / SPEC).exists():
+                r = evaluate(run_dir, args.device)
+                print(f"{run_dir.name}: test_loss {r['test_loss']:.4f} ({r['test_loss_kind']}), "
+                      f"softmax CE {r['test_loss_softmax']:.4f} on {r['val_tokens']:,} tokens")
+            else:
+                print(f"{run_dir.name}: no {SPEC} (not finished, or stage 1 not run), skipped")
+        except (ConfigError, DataError, CheckpointError) as e:
+            print(f"error: {run_dir.name}: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
