@@ -149,8 +149,7 @@ class RunConfig:
         try:
             self.mitigation
         except MethodError as e:
-            key = "method.gamma" if "gamma" in str(e) else "method.name"
-            raise ConfigError(f"config key '{key}': {e}") from None
+            raise ConfigError(f"config key 'method.{e.key}': {e}") from None
         o, s, b, d, lg = self.optim, self.schedule, self.batch, self.data, self.log
         _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"must be a positive number, got {o.lr}")
         _check(0 <= o.beta1 < 1, "optim.beta1", f"must be in [0, 1), got {o.beta1}")
@@ -158,14 +157,14 @@ class RunConfig:
         _check(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
         _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
         _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {o.grad_clip}")
-        _check(s.max_steps > 0, "schedule.max_steps", f"must be > 0, got {s.max_steps}")
+        _check(0 < s.max_steps <= 10**9, "schedule.max_steps", f"must be in [1, 1e9], got {s.max_steps}")
         _check(0 <= s.warmup_steps <= s.max_steps, "schedule.warmup_steps", f"must be in [0, max_steps={s.max_steps}], got {s.warmup_steps}")
         _check(0 <= s.min_lr <= o.lr, "schedule.min_lr", f"must be in [0, optim.lr={o.lr}], got {s.min_lr}")
-        _check(b.batch_size > 0, "batch.batch_size", f"must be > 0, got {b.batch_size}")
+        _check(0 < b.batch_size <= 10**6, "batch.batch_size", f"must be in [1, 1e6], got {b.batch_size}")
         _check(b.micro_batch_size >= 0, "batch.micro_batch_size", f"must be >= 0 (0 = automatic), got {b.micro_batch_size}")
         _check(b.micro_batch_size == 0 or b.batch_size % b.micro_batch_size == 0, "batch.micro_batch_size",
                f"must divide batch.batch_size={b.batch_size}, got {b.micro_batch_size}")
-        _check(b.seq_len > 0, "batch.seq_len", f"must be > 0, got {b.seq_len}")
+        _check(0 < b.seq_len <= 10**6, "batch.seq_len", f"must be in [1, 1e6], got {b.seq_len}")
         _check(d.val_tokens > 0, "data.val_tokens", f"must be > 0, got {d.val_tokens}")
         _check(d.val_batch_size > 0, "data.val_batch_size", f"must be > 0, got {d.val_batch_size}")
         _check(lg.log_interval > 0, "log.log_interval", f"must be > 0, got {lg.log_interval}")
@@ -190,7 +189,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"config key '{key}': {value} is out of range for a number") from None
     if tp is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {type(value).__name__} {value!r}")
         return value
@@ -231,7 +233,7 @@ def _parse_value(text: str, tp: Any) -> Any:
         return text.strip()
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError, or an integer too long to convert
         return text
 
 
@@ -256,12 +258,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=3e-3")
         key, text = item.split("=", 1)
         key = key.strip()
-        if "." not in key and key not in top:
-            owners = [s for s, keys in sections.items() if key in keys]
+        if "." not in key:
+            owners = [s for s, keys in sections.items() if key in keys] + ([""] if key in top else [])
             if len(owners) != 1:
-                hint = "unknown key" if not owners else "ambiguous, write " + " or ".join(f"{s}.{key}" for s in owners)
+                hint = "unknown key" if not owners else "ambiguous, write " + " or ".join(
+                    f"{s}.{key}" if s else f"{key} at the top level (in the file)" for s in owners)
                 raise ConfigError(f"config key '{key}': {hint}")
-            key = f"{owners[0]}.{key}"
+            key = f"{owners[0]}.{key}" if owners[0] else key
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
@@ -278,9 +281,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # TOMLDecodeError is a ValueError
+        raise ConfigError(f"config file {path} is not valid UTF-8 TOML: {e}") from None
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
@@ -336,6 +339,8 @@ def load_grid(path: str | Path) -> tuple[GridSection, dict[str, list[float]], di
     unknown = set(raw) - {"grid", "gamma", "base"}
     if unknown:
         raise ConfigError(f"grid file {path}: unknown section(s) {', '.join(sorted(unknown))}; expected [grid], [gamma], [base]")
+    for section, value in raw.items():
+        _check(isinstance(value, dict), section, f"must be a section ([{section}]) in grid file {path}, got {value!r}")
     grid = _build(GridSection, raw.get("grid", {}), "grid.")
     gammas = {m: _coerce(v if isinstance(v, list) else [v], list[float], f"gamma.{m}") for m, v in raw.get("gamma", {}).items()}
     return grid, gammas, raw.get("base", {})

@@ -209,7 +209,11 @@ _INCOMPATIBLE = {frozenset({"stablemax", "z-loss"}): "z-loss penalises the softm
 
 
 class MethodError(ValueError):
-    pass
+    """A bad method spec or strength; ``key`` says which config key ('name' or 'gamma')."""
+
+    def __init__(self, message: str, key: str = "name"):
+        super().__init__(message)
+        self.key = key
 
 
 def parse_method(spec: str) -> tuple[str, ...]:
@@ -243,9 +247,9 @@ class Mitigation:
         components = parse_method(spec)
         if any(METHODS[c].uses_gamma for c in components):
             if not gamma > 0:
-                raise MethodError(f"method {spec!r} needs a strength gamma > 0, got {gamma}")
+                raise MethodError(f"method {spec!r} needs a strength gamma > 0, got {gamma}", key="gamma")
         elif gamma != 0:
-            raise MethodError(f"method {spec!r} has no strength: set gamma = 0 (got {gamma})")
+            raise MethodError(f"method {spec!r} has no strength: set gamma = 0 (got {gamma})", key="gamma")
         return cls(components, float(gamma))
 
     @property

@@ -7,7 +7,7 @@
 source "$(dirname "$0")/lib.sh"
 targets=(); overrides=()
 for a in "$@"; do case "$a" in *=*) overrides+=("$a");; *) targets+=("$a");; esac; done
-mapfile -t configs < <(run_configs "${targets[@]}")
+load_configs "${targets[@]}"
 nproc=${NPROC_PER_NODE:-1}
 failed=0
 for cfg in "${configs[@]}"; do

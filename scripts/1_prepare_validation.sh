@@ -4,5 +4,5 @@
 source "$(dirname "$0")/lib.sh"
 targets=(); opts=()
 while [ $# -gt 0 ]; do case "$1" in --*) opts+=("$1" "$2"); shift 2;; *) targets+=("$1"); shift;; esac; done
-mapfile -t configs < <(run_configs "${targets[@]}")
+load_configs "${targets[@]}"
 "$PY" -m nanoGPT.validate --prepare "${opts[@]}" "${configs[@]}"

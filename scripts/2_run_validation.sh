@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # Stage 2: evaluate the final checkpoint of every prepared run on its fixed validation budget.
 source "$(dirname "$0")/lib.sh"
-mapfile -t configs < <(run_configs "$@")
+load_configs "$@"
 "$PY" -m nanoGPT.validate "${configs[@]}"

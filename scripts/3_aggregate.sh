@@ -2,5 +2,5 @@
 # Stage 3: one row per run (done, trained, running, diverged or missing) in loss_overview.csv
 # inside the runs' output folder; prints its path last.
 source "$(dirname "$0")/lib.sh"
-mapfile -t configs < <(run_configs "$@")
+load_configs "$@"
 "$PY" -m nanoGPT.aggregate "${configs[@]}"

@@ -35,3 +35,10 @@ run_configs() {
 # made CPU training several times slower (see tune_cpu_allocator in nanoGPT/train.py).
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4294967296}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-4294967296}
+
+# load_configs ARG...: fill the array `configs` (fails the stage if an argument names nothing).
+load_configs() {
+    local listing
+    listing=$(run_configs "$@")
+    mapfile -t configs <<< "$listing"
+}

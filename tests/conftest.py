@@ -1,0 +1,40 @@
+"""Shared fixtures: a small real-text corpus in shards, and tiny run configs over it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydoc_data.topics
+import pytest
+
+from nanoGPT.config import config_from_dict
+from nanoGPT.data import tokenize_documents, write_shard
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> dict[str, str]:
+    """Train/val shards of Python's own reference prose (ships with Python, no download)."""
+    root = tmp_path_factory.mktemp("shards")
+    topics = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
+    write_shard(root / "t_val_000000.bin", tokenize_documents(topics[:10]))
+    write_shard(root / "t_train_000001.bin", tokenize_documents(topics[10:]))
+    return {"train": str(root / "t_train_*.bin"), "val": str(root / "t_val_*.bin")}
+
+
+def tiny_run(out_dir: Path, shards: dict[str, str], **sections) -> "RunConfig":
+    """A run config of the tiny scale that trains in well under a second per step on a CPU."""
+    data = {
+        "out_dir": str(out_dir),
+        "model": {"scale": "tiny"},
+        "batch": {"batch_size": 4, "seq_len": 32},
+        "schedule": {"max_steps": 12, "warmup_steps": 2, "min_lr": 1e-5},
+        "optim": {"lr": 1e-2},
+        "data": {"train": shards["train"], "val": shards["val"], "val_tokens": 512, "val_batch_size": 4},
+        "log": {"log_interval": 1, "checkpoint_interval": 4},
+        "system": {"device": "cpu"},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    return config_from_dict(data)
