@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tomli_w
 import torch
+from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, read_json, write_json
 from .config import ConfigError, RunConfig, config_from_dict, load_config, load_toml
@@ -67,8 +68,9 @@ def evaluate(run_dir: Path, device: str = "auto") -> dict:
 
     sums = {"softmax": 0.0, "stablemax": 0.0, "logit_sum": 0.0, "logit_sq": 0.0, "lse_sq": 0.0}
     n_tokens, n_logits, t0 = 0, 0, time.perf_counter()
-    for x, y in eval_batches(resolve_shards(spec["val"]), spec["val_tokens"], spec["batch_size"], spec["seq_len"],
-                             vocab_size=cfg.model.vocab_size, device=device):
+    batches = eval_batches(resolve_shards(spec["val"]), spec["val_tokens"], spec["batch_size"], spec["seq_len"],
+                           vocab_size=cfg.model.vocab_size, device=device)
+    for x, y in tqdm(batches, desc=f"validating {run_dir.name}", leave=False, disable=not sys.stderr.isatty()):
         with autocast:
             logits = model(x)
         n = y.numel()
