@@ -87,8 +87,6 @@ class DataSection:
 class LogSection:
     log_interval: int = 10          # steps between log lines (each needs a host-device sync)
     checkpoint_interval: int = 1000 # steps between checkpoints; the last step always checkpoints
-    wandb: bool = False             # mirror the local log to Weights & Biases
-    wandb_project: str = "stable-pretraining"
 
 
 @dataclass

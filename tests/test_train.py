@@ -156,3 +156,19 @@ def test_torchrun_ddp_matches_single_process(tmp_path, shards):
     a, b = load_checkpoint(single.run_dir / "ckpt.pt")["model"], load_checkpoint(ddp_dir / "ckpt.pt")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)  # all-reduce order vs one sum; see accumulation test
+
+
+def test_damaged_checkpoint_falls_back_to_previous(tmp_path, shards, capsys):
+    cfg = tiny_run(tmp_path, shards, schedule={"max_steps": 8}, log={"log_interval": 1, "checkpoint_interval": 4})
+    train(cfg)
+    status = cfg.run_dir / "status.json"
+    status.write_text(status.read_text().replace('"finished"', '"running"'))  # as if killed after the last save
+    ckpt = cfg.run_dir / "ckpt.pt"
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    assert train(cfg) == "finished"
+    err = capsys.readouterr()
+    assert "damaged" in err.err
+    assert "resuming at step 4" in err.out  # from ckpt.prev.pt, not from scratch and not from the damaged file
+    assert [r["step"] for r in read_log(cfg.run_dir)] == list(range(8))
