@@ -376,7 +376,8 @@ def write_run_configs(grid_path: str | Path, dest: str | Path) -> list[Path]:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
-    header = (f"# generated from {grid_path}: edit the grid and regenerate, or this file for a one-off change.\n"
+    header = (f"# generated from {grid_path}, and again whenever a stage is given the grid's name: edit the grid,\n"
+              "# or edit this file and pass the file (or its folder) to the stages for a one-off change.\n"
               "# The run name is derived from the fields (set name = \"...\" to fix one by hand).\n")
     for cfg in expand_grid(grid_path):
         p = dest / f"{cfg.name}.toml"

@@ -7,25 +7,20 @@ elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
 else PY=python3; fi
 export PYTHONUNBUFFERED=1
 
-# run_configs ARG...: the run config files named by each ARG, which may be a run config
-# (.toml), a folder of them, a grid name (configs/runs/NAME, generated from
-# configs/grids/NAME.toml when missing) or a grid file. Default: the tiny CPU grid.
+# run_configs ARG...: the run config files named by each ARG: a grid name (expanded afresh
+# from configs/grids/NAME.toml into configs/runs/NAME/, so the grid file is the source of
+# truth), a grid file, a run config (.toml) or a folder of run configs (used as they are, for
+# hand-edited runs). Default: the tiny CPU grid.
 run_configs() {
     [ $# -gt 0 ] || set -- tiny_cpu
-    local arg name
+    local arg
     for arg in "$@"; do
-        if [ -f "$arg" ] && grep -q '^\[grid\]' "$arg"; then
-            name=$("$PY" -c 'import sys; from nanoGPT.config import load_grid; print(load_grid(sys.argv[1])[0].name)' "$arg")
-            "$PY" -m nanoGPT.config "$arg" >/dev/null
-            ls configs/runs/"$name"/*.toml
+        if [ -f "$arg" ] && grep -q '^\[grid\]' "$arg"; then "$PY" -m nanoGPT.config "$arg" 2>/dev/null
         elif [ -f "$arg" ]; then echo "$arg"
         elif [ -d "$arg" ]; then ls "$arg"/*.toml
-        elif [ -d "configs/runs/$arg" ]; then ls configs/runs/"$arg"/*.toml
-        elif [ -f "configs/grids/$arg.toml" ]; then
-            "$PY" -m nanoGPT.config "configs/grids/$arg.toml" >/dev/null
-            ls configs/runs/"$arg"/*.toml
+        elif [ -f "configs/grids/$arg.toml" ]; then "$PY" -m nanoGPT.config "configs/grids/$arg.toml" 2>/dev/null
         else
-            echo "error: '$arg' is neither a run config, a folder of them, nor a grid in configs/grids/" >&2
+            echo "error: '$arg' is neither a grid in configs/grids/, a grid file, a run config nor a folder of them" >&2
             return 2
         fi
     done

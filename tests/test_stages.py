@@ -73,7 +73,7 @@ def test_unknown_grid_is_a_clear_error():
     r = subprocess.run(["bash", "scripts/0_run_training.sh", "no_such_grid"], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHON": sys.executable})
     assert r.returncode != 0
-    assert "no_such_grid" in r.stderr and "neither a run config" in r.stderr
+    assert "no_such_grid" in r.stderr and "is neither a grid" in r.stderr
 
 
 def test_bad_override_exits_with_message(tmp_path):
