@@ -169,7 +169,13 @@ def truncate_log(path: Path, before_step: int) -> None:
     """Drop log lines of steps the resumed run will redo, so the log reads as one run."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < before_step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < before_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):
+            break  # a line cut short by the kill: nothing after it was written whole
     atomic_write(path, "".join(line + "\n" for line in keep).encode())
 
 

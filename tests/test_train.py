@@ -57,6 +57,8 @@ def test_killed_run_resumes_to_identical_result(tmp_path, shards, monkeypatch):
         train(resumed)
     assert json.loads((resumed.run_dir / "status.json").read_text())["state"] == "running"
     assert len(read_log(resumed.run_dir)) == 6  # steps 0-5 logged; 4 and 5 will be redone
+    with open(resumed.run_dir / "log.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')  # a kill in the middle of writing a log line
     monkeypatch.setattr(train_mod, "lr_at", real_lr_at)
     assert train(resumed) == "finished"
 
