@@ -174,7 +174,10 @@ class TokenStream:
 
     def __init__(self, files: PathLike | Sequence[PathLike], vocab_size: int | None = None):
         self.files = [pathlib.Path(f) for f in _resolve_files(files)]
-        self._shards = [load_shard(f, vocab_size) for f in self.files]
+        # Token ids are checked against vocab_size as they are read, not here: a full pass over
+        # 13B tokens of FineWeb at the start of every run would cost more than the check saves.
+        self._shards = [load_shard(f) for f in self.files]
+        self.vocab_size = vocab_size
         self._starts = np.cumsum([0] + [len(s) for s in self._shards]).tolist()
         self.n_tokens: int = self._starts[-1]
 
@@ -191,6 +194,10 @@ class TokenStream:
         while done < length:
             offset = start + done - self._starts[shard]
             piece = self._shards[shard][offset:offset + length - done]
+            if self.vocab_size is not None and len(piece) and int(piece.max()) >= self.vocab_size:
+                bad = offset + int(np.argmax(piece >= self.vocab_size))
+                raise DataError(f"{self.files[shard]}: token id {int(piece[bad - offset])} >= vocab size {self.vocab_size} "
+                                f"at position {bad}; was this shard written with another tokenizer?")
             out[done:done + len(piece)] = piece
             done += len(piece)
             shard += 1

@@ -279,3 +279,14 @@ def test_prepare_embedded_is_deterministic_and_idempotent(embedded, capsys):
     assert script.main(["--out", str(out_a)]) == 0
     assert "already present" in capsys.readouterr().out
     assert [(out_a / n).stat().st_mtime_ns for n in names] == mtimes
+
+
+def test_loader_names_the_shard_holding_a_foreign_token_id(tmp_path):
+    good = raw_shard(tmp_path / "s_0.bin", np.arange(100) % GPT2_VOCAB)
+    bad = raw_shard(tmp_path / "s_1.bin", [5] * 40 + [60000] + [5] * 59)
+    loader = BatchLoader([good, bad], batch_size=2, seq_len=10, vocab_size=GPT2_VOCAB)
+    x, y = loader.get(0)  # chunk 0 lies in the good shard
+    assert int(x.max()) < GPT2_VOCAB
+    with pytest.raises(DataError, match=r"s_1\.bin: token id 60000 >= vocab size 50257 at position 40"):
+        for i in range(1, 10):
+            loader.get(i)
