@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
-from .checkpoint import atomic_write, read_json
+from .checkpoint import atomic_write, read_json, read_log, read_status
 from .config import ConfigError, RunConfig, config_from_dict, load_toml
 from .model import get_scale
 
@@ -27,27 +26,14 @@ COLUMNS = ["name", "test_loss", "test_perplexity", "test_loss_softmax", "test_lo
            "emb_in_norm", "logit_mean", "logit_std", "lse_sq_mean", "val_tokens"]
 
 
-def _read_log(run_dir: Path) -> list[dict]:
-    path = run_dir / "log.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut short by a kill: everything before it is intact
-    return rows
-
-
 def run_row(cfg: RunConfig, run_dir: Path) -> dict:
     row = {"name": cfg.name, "method": cfg.mitigation.name, "scale": get_scale(cfg.model.scale).name,
            "lr": cfg.optim.lr, "gamma": cfg.method.gamma, "seed": cfg.seed, "steps": cfg.schedule.max_steps,
            "tokens": cfg.tokens, "diverged": False}
     if not run_dir.is_dir():
         return {**row, "status": "missing", "steps_done": 0}
-    status = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {"state": "not started"}
-    log = _read_log(run_dir)
+    status = read_status(run_dir)
+    log = read_log(run_dir / "log.jsonl")
     row.update(status=status["state"], steps_done=status.get("step", 0), time=status.get("train_time"),
                diverged=status["state"] == "diverged", diverged_at_step=status.get("diverged_at_step"))
     if log:

@@ -1,4 +1,5 @@
-"""Atomic files: a crash or a full disk mid-write never leaves a half-written file in place.
+"""A run's files, written atomically: a crash or a full disk mid-write never leaves a
+half-written file in place.
 
 Everything a run writes that a later step reads (checkpoint, status, resolved config) goes
 through ``atomic_write``: write a temporary file in the same directory, fsync, then rename
@@ -11,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +23,22 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
+def atomic_write(path: str | Path, *chunks: bytes) -> None:
+    """Write the chunks to ``path`` as one atomic replacement (temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not tempfile.mkstemp: its files are private (0600); 0666 lets the umask decide, so a
+    # team sharing a cluster folder can read each other's shards, checkpoints and logs.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -43,6 +48,25 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """A run's status.json; a folder without one has not started training."""
+    path = run_dir / "status.json"
+    return read_json(path) if path.exists() else {"state": "not started"}
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL log up to the first line a kill cut short (all before it are whole)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import tomli_w
 
 from .mitigations import MethodError, Mitigation
-from .model import GPTConfig, SCALES, get_scale
+from .model import GPTConfig, get_scale
 
 
 class ConfigError(ValueError):
@@ -126,9 +126,6 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
-
-    def default_name(self) -> str:
-        return run_name(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -348,7 +345,10 @@ def expand_grid(path: str | Path) -> list[RunConfig]:
     """Every run of a grid file, validated, in a stable order (scale, method, lr, γ, seed)."""
     grid, gammas, base = load_grid(path)
     for s in grid.scales:
-        _check(s in SCALES or any(s == x.letter for x in SCALES.values()), "grid.scales", f"unknown scale {s!r}")
+        try:
+            get_scale(s)
+        except KeyError as e:
+            raise ConfigError(f"config key 'grid.scales': {e.args[0]}") from None
     for m in gammas:
         _check(m in grid.methods, f"gamma.{m}", f"γ given for a method the grid does not run ({', '.join(grid.methods)})")
     runs = []

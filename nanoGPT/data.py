@@ -12,13 +12,14 @@ import glob
 import importlib.util
 import os
 import pathlib
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import tiktoken
 import tiktoken.load
 import torch
+
+from .checkpoint import atomic_write
 
 MAGIC = 20240520
 VERSION = 1
@@ -86,19 +87,7 @@ def write_shard(path: PathLike, tokens: Sequence[int] | np.ndarray) -> None:
         raise DataError(f"{path}: {arr.size} tokens do not fit the int32 header; split into shards")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = MAGIC, VERSION, arr.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: it creates private (0600) files; mode 0666 lets the umask decide.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            f.write(header.tobytes())
-            f.write(arr.astype(_TOKEN_DTYPE, copy=False).ravel().tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, header.tobytes(), arr.astype(_TOKEN_DTYPE, copy=False).ravel().tobytes())
 
 
 def read_header(path: PathLike) -> int:

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 ORTHOGRAD_EPS = 1e-30  # as in the reference implementation
 

@@ -26,9 +26,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, read_log, read_status, save_checkpoint, write_json
 from .config import ConfigError, RunConfig, config_from_dict, load_config, load_toml
 from .data import BatchLoader, DataError, resolve_shards
+from .mitigations import output_mean
 from .model import GPT, get_scale
 
 CKPT, PREV_CKPT = "ckpt.pt", "ckpt.prev.pt"
@@ -166,26 +167,19 @@ def write_checkpoint(run_dir: Path, state: dict) -> None:
 
 
 def truncate_log(path: Path, before_step: int) -> None:
-    """Drop log lines of steps the resumed run will redo, so the log reads as one run."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] < before_step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError):
-            break  # a line cut short by the kill: nothing after it was written whole
-    atomic_write(path, "".join(line + "\n" for line in keep).encode())
+    """Drop log lines of steps the resumed run will redo (and a line the kill cut short), so
+    the log reads as one run."""
+    if path.exists():
+        keep = [r for r in read_log(path) if r["step"] < before_step]
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
 
 # ----------------------------------------------------------------------------- the loop
 @torch.no_grad()
 def diagnostics(model: GPT, logits: torch.Tensor, lse: torch.Tensor) -> dict[str, torch.Tensor]:
     """Output-logit divergence diagnostics of the published runs (tensors; read at log steps)."""
-    E, W_in = model.output_embedding.float(), model.wte.weight.float()
     z = logits.detach().float()
-    return {"mu_out_norm": E.mean(0).norm(), "mu_in_norm": W_in.mean(0).norm(),
+    return {"mu_out_norm": output_mean(model.output_embedding).norm(), "mu_in_norm": output_mean(model.wte.weight).norm(),
             "logit_mean": z.mean(), "logit_std": z.std(), "logit_max": z.max(), "lse_sq_mean": lse.float().pow(2).mean()}
 
 
@@ -206,12 +200,11 @@ def train(cfg: RunConfig) -> str:
 def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, use_compile: bool) -> str:
     run_dir = prepare_run_dir(cfg, dd.master)
     status_path = run_dir / "status.json"
-    if status_path.exists():
-        state = json.loads(status_path.read_text()).get("state")
-        if state in ("finished", "diverged"):
-            if dd.master:
-                print(f"{cfg.name}: already {state}, nothing to do")
-            return state
+    state = read_status(run_dir)["state"]
+    if state in ("finished", "diverged"):
+        if dd.master:
+            print(f"{cfg.name}: already {state}, nothing to do")
+        return state
 
     micro, accum = micro_batch_size(cfg, dd.world_size)
     gpt_cfg = cfg.gpt_config()

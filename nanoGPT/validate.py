@@ -23,10 +23,10 @@ import tomli_w
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, read_json, write_json
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, read_status, write_json
 from .config import ConfigError, RunConfig, config_from_dict, load_config, load_toml
 from .data import DataError, eval_batches, resolve_shards
-from .mitigations import softmax_cross_entropy_and_lse, stablemax_cross_entropy
+from .mitigations import output_mean, softmax_cross_entropy_and_lse, stablemax_cross_entropy
 from .model import GPT
 
 SPEC = "validation.toml"
@@ -43,9 +43,9 @@ def load_run_config(run_dir: Path) -> RunConfig:
 def prepare(run_dir: Path, val: str | None = None, val_tokens: int | None = None) -> Path | None:
     """Write the validation spec of a finished run; return None (and say why) for any other."""
     cfg = load_run_config(run_dir)
-    status = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {"state": "not started"}
-    if status["state"] != "finished":
-        print(f"{run_dir.name}: {status['state']}, not validated")
+    state = read_status(run_dir)["state"]
+    if state != "finished":
+        print(f"{run_dir.name}: {state}, not validated")
         return None
     spec = {"checkpoint": str(run_dir / "ckpt.pt"), "val": val or cfg.data.val,
             "val_tokens": val_tokens or cfg.data.val_tokens, "batch_size": cfg.data.val_batch_size,
@@ -92,7 +92,7 @@ def evaluate(run_dir: Path, device: str = "auto") -> dict:
     result = {
         "test_loss": test_loss, "test_perplexity": math.exp(min(test_loss, 700.0)),
         "test_loss_kind": "stablemax" if stablemax else "softmax", "test_loss_softmax": softmax_ce,
-        "val_tokens": n_tokens, "mu_out_norm": E.mean(0).norm().item(), "mu_in_norm": W.mean(0).norm().item(),
+        "val_tokens": n_tokens, "mu_out_norm": output_mean(E).norm().item(), "mu_in_norm": output_mean(W).norm().item(),
         "emb_out_norm": E.norm(dim=1).mean().item(), "emb_in_norm": W.norm(dim=1).mean().item(),
         "logit_mean": logit_mean, "logit_std": math.sqrt(max(0.0, sums["logit_sq"] / n_logits - logit_mean ** 2)),
         "lse_sq_mean": sums["lse_sq"] / n_tokens, "eval_seconds": time.perf_counter() - t0,

@@ -290,3 +290,13 @@ def test_loader_names_the_shard_holding_a_foreign_token_id(tmp_path):
     with pytest.raises(DataError, match=r"s_1\.bin: token id 60000 >= vocab size 50257 at position 40"):
         for i in range(1, 10):
             loader.get(i)
+
+
+def test_written_shards_are_readable_by_the_group(tmp_path):
+    """Atomic writes must not leave private (0600) files a team on a shared cluster can't read."""
+    old = os.umask(0o022)
+    try:
+        write_shard(tmp_path / "s.bin", [1, 2, 3])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s.bin").stat().st_mode & 0o777 == 0o644
