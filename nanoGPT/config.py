@@ -77,8 +77,9 @@ class BatchSection:
 
 @dataclass
 class DataSection:
-    train: str = "data/fineweb10B/fineweb_train_*.bin"   # glob of llm.c/modded-nanogpt shards
-    val: str = "data/fineweb10B/fineweb_val_*.bin"
+    train: str = "data/fineweb100B/fineweb_train_*.bin"  # glob of llm.c/modded-nanogpt shards
+    val: str = "data/fineweb100B/fineweb_val_*.bin"
+    shard_seed: int = 0             # 0: shards in sorted order; otherwise a permutation of them seeded by this
     val_tokens: int = 10_485_760    # fixed validation budget (predicted tokens), the same for every run
     val_batch_size: int = 16        # sequences per validation forward pass
 

@@ -2,6 +2,8 @@
 
 Shard format (llm.c / modded-nanogpt): 256 little-endian int32 header words
 (magic 20240520, version 1, token count, rest zero), then the tokens as little-endian uint16.
+We also write the tokenizer's vocabulary size into header word 3, which those tools leave at
+zero and never read: a shard from another tokenizer is then named as such before training.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 import pathlib
 from collections.abc import Iterable, Iterator, Sequence
 
+import random
+
 import numpy as np
 import tiktoken
 import tiktoken.load
@@ -23,6 +27,7 @@ from .checkpoint import atomic_write
 
 MAGIC = 20240520
 VERSION = 1
+LLMC_LLAMA3_VERSION = 2  # llm.c's uint32 shards of LLaMA-3 tokens (vocab 128256)
 HEADER_INTS = 256
 EOT = 50256
 GPT2_VOCAB = 50257
@@ -66,14 +71,29 @@ def tokenize_documents(texts: Iterable[str]) -> np.ndarray:
     Text is encoded as ordinary text, so a literal "<|endoftext|>" inside a document cannot
     fake a document boundary.
     """
-    out: list[int] = []
-    for tokens in gpt2_tokenizer().encode_ordinary_batch(list(texts)):
-        out.append(EOT)
-        out.extend(tokens)
-    return np.array(out, dtype=np.uint16)
+    tokens, _ = encode_documents(list(texts))
+    return tokens
 
 
-def write_shard(path: PathLike, tokens: Sequence[int] | np.ndarray) -> None:
+def encode_documents(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, per-document lengths) of EOT-prefixed GPT-2 encodings, in one thread.
+
+    One thread because parallel tokenisation runs one of these per worker process; tiktoken's
+    own batch call would start a thread pool in every worker and oversubscribe the cores.
+    """
+    enc = gpt2_tokenizer()
+    docs = [enc.encode_ordinary(t) for t in texts]
+    lengths = np.array([len(d) + 1 for d in docs], dtype=np.int64)
+    out = np.empty(int(lengths.sum()), dtype=np.uint16)
+    pos = 0
+    for d in docs:
+        out[pos] = EOT
+        out[pos + 1:pos + 1 + len(d)] = d
+        pos += len(d) + 1
+    return out, lengths
+
+
+def write_shard(path: PathLike, tokens: Sequence[int] | np.ndarray, vocab_size: int = GPT2_VOCAB) -> None:
     """Write a shard atomically, so a crash never leaves a half-written file under `path`."""
     path = pathlib.Path(path)
     arr = np.asarray(tokens)
@@ -85,13 +105,24 @@ def write_shard(path: PathLike, tokens: Sequence[int] | np.ndarray) -> None:
             raise DataError(f"{path}: token ids must lie in [0, 65535] for uint16 shards, got [{lo}, {hi}]")
     if arr.size >= 2**31:
         raise DataError(f"{path}: {arr.size} tokens do not fit the int32 header; split into shards")
+    if arr.size and hi >= vocab_size:
+        raise DataError(f"{path}: token id {hi} >= the tokenizer's vocab size {vocab_size}")
     header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = MAGIC, VERSION, arr.size
+    header[:4] = MAGIC, VERSION, arr.size, vocab_size
     atomic_write(path, header.tobytes(), arr.astype(_TOKEN_DTYPE, copy=False).ravel().tobytes())
 
 
 def read_header(path: PathLike) -> int:
     """Validate a shard's header against its file size; return its number of tokens."""
+    return _read_header(path)[0]
+
+
+def shard_vocab_size(path: PathLike) -> int:
+    """The vocab size of the tokenizer that wrote the shard; 0 where the writer did not say."""
+    return _read_header(path)[1]
+
+
+def _read_header(path: PathLike) -> tuple[int, int]:
     path = pathlib.Path(path)
     try:
         size = path.stat().st_size
@@ -101,9 +132,12 @@ def read_header(path: PathLike) -> int:
         raise DataError(f"{path}: not a regular file")
     if size < _HEADER_BYTES:
         raise DataError(f"{path}: truncated: {size} bytes is smaller than the {_HEADER_BYTES}-byte header")
-    magic, version, ntok = (int(v) for v in np.fromfile(path, dtype="<i4", count=3))
+    magic, version, ntok, vocab = (int(v) for v in np.fromfile(path, dtype="<i4", count=4))
     if magic != MAGIC:
         raise DataError(f"{path}: wrong magic number {magic} (expected {MAGIC}); not an llm.c token shard")
+    if version == LLMC_LLAMA3_VERSION:
+        raise DataError(f"{path}: version {version} is llm.c's uint32 LLaMA-3 shard (vocab 128256); "
+                        f"this project reads GPT-2 shards (version {VERSION}, vocab {GPT2_VOCAB})")
     if version != VERSION:
         raise DataError(f"{path}: unsupported version {version} (expected {VERSION})")
     if ntok < 0:
@@ -114,16 +148,24 @@ def read_header(path: PathLike) -> int:
     if held > ntok or odd:
         raise DataError(f"{path}: header says {ntok} tokens but file is {size} bytes "
                         f"(expected {_HEADER_BYTES + 2 * ntok}): trailing bytes")
-    return ntok
+    if vocab < 0:
+        raise DataError(f"{path}: corrupt header: negative vocab size {vocab}")
+    return ntok, vocab
 
 
-def load_shard(path: PathLike, vocab_size: int | None = None) -> np.memmap:
-    """Read-only uint16 memmap of a shard's tokens, checked against `vocab_size` if given."""
-    ntok = read_header(path)
+def load_shard(path: PathLike, vocab_size: int | None = None, scan: bool = True) -> np.memmap:
+    """Read-only uint16 memmap of a shard's tokens, checked against `vocab_size` if given.
+
+    The header's tokenizer vocab is always checked; `scan` also reads every token id.
+    """
+    ntok, written_vocab = _read_header(path)
     if ntok == 0:
         raise DataError(f"{path}: empty shard (0 tokens)")
+    if vocab_size is not None and written_vocab > vocab_size:
+        raise DataError(f"{path}: written by a tokenizer with vocab size {written_vocab}, more than the "
+                        f"model's {vocab_size}; tokenize with GPT-2 or raise model.vocab_size")
     tokens = np.memmap(path, dtype=_TOKEN_DTYPE, mode="r", offset=_HEADER_BYTES, shape=(ntok,))
-    if vocab_size is not None:
+    if vocab_size is not None and scan:
         # A full pass over the shard, but it catches data from another tokenizer before it
         # turns into an out-of-range embedding lookup (a device-side assert on GPU).
         top = int(tokens.max())
@@ -134,8 +176,12 @@ def load_shard(path: PathLike, vocab_size: int | None = None) -> np.memmap:
     return tokens
 
 
-def resolve_shards(pattern: str) -> list[pathlib.Path]:
-    """The shard files a path or glob names, sorted (the order defines the token stream)."""
+def resolve_shards(pattern: str, seed: int = 0) -> list[pathlib.Path]:
+    """The shard files a path or glob names, in sorted order, or shuffled by a nonzero seed.
+
+    The order defines the token stream. A seeded order is a pure function of (files, seed),
+    so every rank and every resume of a run walks the shards identically.
+    """
     if not glob.has_magic(pattern):
         path = pathlib.Path(pattern)
         if path.is_dir():
@@ -145,7 +191,10 @@ def resolve_shards(pattern: str) -> list[pathlib.Path]:
         matches = [pathlib.Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(p)]
     if not matches:
         raise DataError(f"{pattern}: no shard files match; create the default corpus with "
-                        "`python data/prepare_embedded.py` (writes data/embedded/embedded_*.bin)")
+                        "`python data/prepare_embedded.py` (writes data/embedded/embedded_*.bin), "
+                        "or FineWeb with data/download_fineweb.py (see the README)")
+    if seed:
+        random.Random(seed).shuffle(matches)
     return matches
 
 
@@ -165,7 +214,7 @@ class TokenStream:
         self.files = [pathlib.Path(f) for f in _resolve_files(files)]
         # Token ids are checked against vocab_size as they are read, not here: a full pass over
         # 13B tokens of FineWeb at the start of every run would cost more than the check saves.
-        self._shards = [load_shard(f) for f in self.files]
+        self._shards = [load_shard(f, vocab_size, scan=False) for f in self.files]
         self.vocab_size = vocab_size
         self._starts = np.cumsum([0] + [len(s) for s in self._shards]).tolist()
         self.n_tokens: int = self._starts[-1]

@@ -212,7 +212,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
     model = GPT(gpt_cfg).to(device)
     optimizer = build_optimizer(model, cfg, device.type)
     mitigation = cfg.mitigation
-    loader = BatchLoader(resolve_shards(cfg.data.train), micro, cfg.batch.seq_len, dd.rank, dd.world_size,
+    loader = BatchLoader(resolve_shards(cfg.data.train, cfg.data.shard_seed), micro, cfg.batch.seq_len, dd.rank, dd.world_size,
                          vocab_size=gpt_cfg.vocab_size, device=device)
 
     start_step, train_time, log_path = 0, 0.0, run_dir / "log.jsonl"

@@ -16,17 +16,19 @@ import pytest
 import torch
 
 from nanoGPT.data import (EOT, GPT2_VOCAB, MAGIC, VERSION, BatchLoader, DataError, TokenStream,
-                          eval_batches, gpt2_tokenizer, load_shard, read_header, resolve_shards,
-                          tokenize_documents, write_shard)
+                          encode_documents, eval_batches, gpt2_tokenizer, load_shard, read_header,
+                          resolve_shards, shard_vocab_size, tokenize_documents, write_shard)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def raw_shard(path: Path, tokens, magic: int = MAGIC, version: int = VERSION,
-              ntok: int | None = None) -> Path:
-    """Write a shard by hand, independently of write_shard, so headers can be made wrong."""
+              ntok: int | None = None, vocab: int = 0) -> Path:
+    """Write a shard by hand, independently of write_shard, so headers can be made wrong.
+
+    vocab=0 leaves header word 3 empty, as llm.c and the published FineWeb shards do."""
     tokens = np.asarray(tokens, dtype="<u2")
-    header = struct.pack("<3i", magic, version, len(tokens) if ntok is None else ntok)
+    header = struct.pack("<4i", magic, version, len(tokens) if ntok is None else ntok, vocab)
     path.write_bytes(header + bytes(256 * 4 - len(header)) + tokens.tobytes())
     return path
 
@@ -78,13 +80,14 @@ def test_write_shard_round_trip(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 65536, size=1000)
     tokens[:2] = 0, 65535
     path = tmp_path / "sub" / "shard.bin"
-    write_shard(path, tokens)
+    write_shard(path, tokens, vocab_size=65536)
 
     assert path.stat().st_size == 256 * 4 + 2 * len(tokens)
     header = np.fromfile(path, dtype="<i4", count=256)
-    assert header[:3].tolist() == [20240520, 1, 1000] and not header[3:].any()
+    # Words 0-2 as llm.c writes them; word 3 is the tokenizer's vocab, which llm.c leaves at 0.
+    assert header[:4].tolist() == [20240520, 1, 1000, 65536] and not header[4:].any()
     assert np.array_equal(np.fromfile(path, dtype="<u2", offset=1024), tokens)
-    assert read_header(path) == 1000
+    assert read_header(path) == 1000 and shard_vocab_size(path) == 65536
     loaded = load_shard(path, vocab_size=65536)
     assert loaded.dtype == np.uint16 and np.array_equal(loaded, tokens)
     assert os.listdir(path.parent) == ["shard.bin"]  # no temp files left behind
@@ -104,7 +107,12 @@ def test_write_shard_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["shard.bin"]
 
 
-@pytest.mark.parametrize("tokens", [[1, -1], [65536], [0.5]])
+def test_write_shard_records_gpt2_vocab_by_default(tmp_path):
+    write_shard(tmp_path / "s.bin", [EOT, 1, 2])
+    assert np.fromfile(tmp_path / "s.bin", dtype="<i4", count=4).tolist() == [20240520, 1, 3, 50257]
+
+
+@pytest.mark.parametrize("tokens", [[1, -1], [65536], [0.5], [50257]])
 def test_write_shard_rejects_bad_tokens(tmp_path, tokens):
     with pytest.raises(DataError, match="bad.bin"):
         write_shard(tmp_path / "bad.bin", tokens)
@@ -119,7 +127,10 @@ BAD_SHARDS = {
                   "truncated: header says 10 tokens but file holds 5"),
     "trailing": (lambda p: raw_shard(p, range(5), ntok=3), "trailing bytes"),
     "magic": (lambda p: raw_shard(p, range(5), magic=123), "wrong magic number 123 (expected 20240520)"),
-    "version": (lambda p: raw_shard(p, range(5), version=2), "version 2 (expected 1)"),
+    "version": (lambda p: raw_shard(p, range(5), version=3), "version 3 (expected 1)"),
+    "llama3": (lambda p: raw_shard(p, range(5), version=2), "version 2 is llm.c's uint32 LLaMA-3 shard"),
+    "other_tokenizer": (lambda p: raw_shard(p, range(5), vocab=100277),
+                        "written by a tokenizer with vocab size 100277, more than the model's 50257"),
     "vocab": (lambda p: raw_shard(p, [1, 60000, 2]), "token id 60000 >= vocab size 50257"),
 }
 
@@ -132,6 +143,28 @@ def test_bad_shard_gets_clear_error(tmp_path, case):
     with pytest.raises(DataError) as err:
         load_shard(path, vocab_size=GPT2_VOCAB)
     assert str(path) in str(err.value) and problem in str(err.value)
+
+
+def test_seeded_shard_order_is_a_fixed_permutation(tmp_path):
+    for i in range(8):
+        raw_shard(tmp_path / f"s_{i:06d}.bin", [1])
+    pattern = str(tmp_path / "s_*.bin")
+    in_order = resolve_shards(pattern)
+    shuffled = resolve_shards(pattern, seed=7)
+    assert shuffled == resolve_shards(pattern, seed=7)  # every rank and resume sees the same order
+    assert sorted(shuffled) == in_order and shuffled != in_order
+    assert resolve_shards(pattern, seed=8) != shuffled
+
+
+def test_encode_documents_matches_tokenizer_with_boundaries():
+    texts = ["Hello world", "", "a <|endoftext|> b"]
+    tokens, lengths = encode_documents(texts)
+    enc = gpt2_tokenizer()
+    expected = [t for text in texts for t in [EOT] + enc.encode_ordinary(text)]
+    assert tokens.dtype == np.uint16 and tokens.tolist() == expected
+    assert lengths.tolist() == [3, 1, 1 + len(enc.encode_ordinary(texts[2]))]
+    assert tokens[:3].tolist() == [EOT, 15496, 995]
+    assert (tokens == EOT).sum() == 3  # the literal "<|endoftext|>" is text, not a boundary
 
 
 def test_resolve_shards(tmp_path):
