@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 ORTHOGRAD_EPS = 1e-30  # as in the reference implementation
 
@@ -58,6 +59,45 @@ def stablemax_cross_entropy(z: torch.Tensor, targets: torch.Tensor, ignore_index
     log_norm = torch.log(stablemax_s(z).sum(1))
     nll = (log_norm - picked)[keep]
     return nll.mean()
+
+
+class StableMax(nn.Module):
+    """Drop-in for nn.Softmax: StableMax(z)_i = s(z_i) / Σ_j s(z_j) along ``dim`` (float32 out)."""
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return stablemax(z, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class LogStableMax(StableMax):
+    """Drop-in for nn.LogSoftmax: log StableMax along ``dim``, e.g. for nn.NLLLoss (float32 out)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return log_stablemax(z, self.dim)
+
+
+class StableMaxCrossEntropyLoss(nn.Module):
+    """Mean over the targets ≠ ignore_index of −log_stablemax(z)[target].
+
+    Logits are [..., V] with the class dimension *last* (as language-model logits), unlike
+    nn.CrossEntropyLoss's [N, C, ...]; targets are the matching [...] class ids.
+    """
+
+    def __init__(self, ignore_index: int = -100):
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return stablemax_cross_entropy(logits, targets, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}"
 
 
 # ----------------------------------------------------------------------------- softmax terms
