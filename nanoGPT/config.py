@@ -88,6 +88,7 @@ class DataSection:
 class LogSection:
     log_interval: int = 10          # steps between log lines (each needs a host-device sync)
     checkpoint_interval: int = 1000 # steps between checkpoints; the last step always checkpoints
+    spike_factor: float = 0.0       # a loss above this × its recent average (EMA, ~100 steps) counts as diverged; 0: only NaN/Inf do
 
 
 @dataclass
@@ -165,6 +166,8 @@ class RunConfig:
         _check(d.val_batch_size > 0, "data.val_batch_size", f"must be > 0, got {d.val_batch_size}")
         _check(lg.log_interval > 0, "log.log_interval", f"must be > 0, got {lg.log_interval}")
         _check(lg.checkpoint_interval > 0, "log.checkpoint_interval", f"must be > 0, got {lg.checkpoint_interval}")
+        _check(lg.spike_factor == 0 or (math.isfinite(lg.spike_factor) and lg.spike_factor > 1), "log.spike_factor",
+               f"must be 0 (off) or a finite factor > 1, got {lg.spike_factor}")
         if not self.name:
             self.name = run_name(self)
         _check("/" not in self.name and self.name not in (".", ".."), "name", f"must be a plain file name, got {self.name!r}")

@@ -5,9 +5,12 @@
 
 The run writes into ``out_dir/name``: ``config.toml`` (the resolved config), ``log.jsonl``
 (one line per log step), ``ckpt.pt`` (+ ``.sha256``; the previous one kept as
-``ckpt.prev.pt``) and ``status.json``. Started again with the same command, a killed run
-resumes from its last checkpoint; a finished run does nothing. A NaN/Inf loss is a result,
-not a crash: the run stops, records ``diverged`` and exits 0.
+``ckpt.prev.pt``) and ``status.json``; ``train.lock`` says which process holds the directory.
+Started again with the same command, a killed run resumes from its last checkpoint, bit for
+bit on CPU; a finished run does nothing. Divergence (a NaN/Inf loss or gradient norm, or a
+loss spike beyond ``log.spike_factor``) is a result, not a crash: the run stops, records
+``diverged`` with the step and the last finite loss, and exits 0. Bad input (config, data, a
+run directory in use or not writable, a full disk) ends with one line naming the cause.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, read_log, read_status, save_checkpoint, write_json
+from .checkpoint import (CheckpointError, RunDirError, atomic_write, describe_os_error, hold_run_dir, load_checkpoint,
+                         read_log_checked, read_status, save_checkpoint, write_json)
 from .config import ConfigError, RunConfig, config_from_dict, load_config, load_toml
 from .data import BatchLoader, DataError, resolve_shards
 from .mitigations import output_mean
@@ -127,51 +131,100 @@ def build_optimizer(model: GPT, cfg: RunConfig, device_kind: str) -> torch.optim
 _RESULT_SECTIONS = ("seed", "model", "method", "optim", "schedule", "batch")
 
 
-def prepare_run_dir(cfg: RunConfig, master: bool) -> Path:
-    """Create the run directory, or check that an existing one belongs to this same run."""
-    run_dir = cfg.run_dir
-    saved = run_dir / "config.toml"
+def check_run_dir(cfg: RunConfig) -> None:
+    """Refuse a run directory that holds a run of another config (reads only)."""
+    saved = cfg.run_dir / "config.toml"
     if saved.exists():
         old = config_from_dict(load_toml(saved)).to_dict()
         new = cfg.to_dict()
         changed = [k for k in _RESULT_SECTIONS if old[k] != new[k]] + (["data.train"] if old["data"]["train"] != new["data"]["train"] else [])
         if changed:
-            raise ConfigError(f"run directory {run_dir} holds a run with a different config ({', '.join(changed)} differ); "
-                              f"give the run another name or out_dir, or delete {run_dir} to start over")
-    if master:
-        atomic_write(saved, cfg.dumps().encode())
-    return run_dir
+            raise ConfigError(f"run directory {cfg.run_dir} holds a run with a different config ({', '.join(changed)} differ); "
+                              f"give the run another name or out_dir, or delete {cfg.run_dir} to start over")
 
 
-def find_checkpoint(run_dir: Path) -> dict | None:
-    """The newest intact checkpoint: ckpt.pt, or ckpt.prev.pt if the newest is damaged."""
+def find_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest intact checkpoint: ckpt.pt, or ckpt.prev.pt if the newest is damaged or
+    missing (a crash while a new one was written); None if there is none at all."""
+    problems = []
     for name in (CKPT, PREV_CKPT):
         path = run_dir / name
         if not path.exists():
             continue
         try:
-            return load_checkpoint(path)
+            return path, load_checkpoint(path)
         except CheckpointError as e:
-            print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
+            print(f"warning: {e}", file=sys.stderr)
+            problems.append(str(e))
+    if problems:  # training from scratch would silently throw the run's progress away
+        raise CheckpointError(f"no intact checkpoint in {run_dir} ({'; '.join(problems)}); "
+                              f"delete the ckpt* files there to train the run from the start")
     return None
-
-
-def write_checkpoint(run_dir: Path, state: dict) -> None:
-    current = run_dir / CKPT
-    if current.exists():
-        for suffix in ("", ".sha256"):
-            src = run_dir / (CKPT + suffix)
-            if src.exists():
-                os.replace(src, run_dir / (PREV_CKPT + suffix))
-    save_checkpoint(current, state)
 
 
 def truncate_log(path: Path, before_step: int) -> None:
     """Drop log lines of steps the resumed run will redo (and a line the kill cut short), so
     the log reads as one run."""
     if path.exists():
-        keep = [r for r in read_log(path) if r["step"] < before_step]
+        records, damage = read_log_checked(path)
+        if damage:
+            print(f"warning: {damage}; it and the lines after it are dropped", file=sys.stderr)
+        keep = [r for r in records if r["step"] < before_step]
         atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+
+def append_line(log_file, record: dict) -> None:
+    try:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+    except OSError as e:  # a buffered write names no file; the message should
+        raise OSError(e.errno, e.strerror, log_file.name) from None
+
+
+# ----------------------------------------------------------------------------- divergence
+class DivergenceMonitor:
+    """Finds the first diverged step on the device, so that no step waits for the host.
+
+    A step diverges when its loss or gradient norm is not finite, or (spike_factor > 0) when
+    its loss exceeds spike_factor × the moving average of the losses before it. The verdict
+    stays on the device; the loop reads it at the next log step, which syncs anyway, and stops
+    there, before any checkpoint: every checkpoint step is a log step, so none holds diverged
+    weights. The cost per step is a dozen scalar kernels, queued without a sync.
+    """
+
+    EMA_DECAY = 0.99  # the spike reference averages the last ~100 steps
+
+    def __init__(self, spike_factor: float, device: torch.device):
+        self.spike_factor = spike_factor
+        self.at_step = torch.full((), -1, dtype=torch.long, device=device)  # first diverged step; -1: none
+        self.last_loss = torch.full((), math.nan, device=device)  # loss of the last step before it
+        self.loss_ema = torch.full((), math.inf, device=device)   # inf before the first step: no spike yet
+
+    def update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        bad = ~(loss.isfinite() & grad_norm.isfinite())
+        if self.spike_factor:
+            bad |= loss > self.spike_factor * self.loss_ema
+        self.at_step = torch.where(bad & (self.at_step < 0), step, self.at_step)
+        ok = self.at_step < 0
+        self.last_loss = torch.where(ok, loss.float(), self.last_loss)
+        if self.spike_factor:
+            ema = torch.where(self.loss_ema.isinf(), loss.float(), self.loss_ema.lerp(loss.float(), 1 - self.EMA_DECAY))
+            self.loss_ema = torch.where(ok, ema, self.loss_ema)
+
+    def diverged(self) -> bool:
+        return self.at_step.item() >= 0
+
+    def result(self) -> tuple[int | None, float | None]:
+        """(first diverged step, loss of the last step before it), None where there is none."""
+        at, last = self.at_step.item(), self.last_loss.item()
+        return (at if at >= 0 else None), (last if math.isfinite(last) else None)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"last_loss": self.last_loss, "loss_ema": self.loss_ema}  # at_step is -1 at every checkpoint
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.last_loss.copy_(state["last_loss"])
+        self.loss_ema.copy_(state["loss_ema"])
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -191,39 +244,47 @@ def train(cfg: RunConfig) -> str:
     dd = init_distributed(device_kind)
     device = torch.device(f"cuda:{dd.local_rank}" if device_kind == "cuda" else "cpu")
     try:
-        return _train(cfg, dd, device, dtype, use_compile)
+        check_run_dir(cfg)
+        state = read_status(cfg.run_dir)["state"]
+        if state in ("finished", "diverged"):
+            if dd.master:
+                print(f"{cfg.name}: already {state}, nothing to do")
+            return state
+        micro, accum = micro_batch_size(cfg, dd.world_size)
+        # Bad data stops the run here, before its directory is created or touched.
+        loader = BatchLoader(resolve_shards(cfg.data.train, cfg.data.shard_seed), micro, cfg.batch.seq_len, dd.rank,
+                             dd.world_size, vocab_size=cfg.model.vocab_size, device=device)
+        # Only rank 0 writes, so only rank 0 locks; if it cannot, it exits and torchrun stops the others.
+        with hold_run_dir(cfg.run_dir) if dd.master else contextlib.nullcontext():
+            return _train(cfg, dd, device, dtype, use_compile, loader, accum)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, use_compile: bool) -> str:
-    run_dir = prepare_run_dir(cfg, dd.master)
-    status_path = run_dir / "status.json"
-    state = read_status(run_dir)["state"]
-    if state in ("finished", "diverged"):
-        if dd.master:
-            print(f"{cfg.name}: already {state}, nothing to do")
-        return state
-
-    micro, accum = micro_batch_size(cfg, dd.world_size)
-    gpt_cfg = cfg.gpt_config()
+def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, use_compile: bool,
+           loader: BatchLoader, accum: int) -> str:
+    run_dir, status_path, log_path = cfg.run_dir, cfg.run_dir / "status.json", cfg.run_dir / "log.jsonl"
+    if dd.master:
+        atomic_write(run_dir / "config.toml", cfg.dumps().encode())
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = GPT(gpt_cfg).to(device)
+    model = GPT(cfg.gpt_config()).to(device)
     optimizer = build_optimizer(model, cfg, device.type)
     mitigation = cfg.mitigation
-    loader = BatchLoader(resolve_shards(cfg.data.train, cfg.data.shard_seed), micro, cfg.batch.seq_len, dd.rank, dd.world_size,
-                         vocab_size=gpt_cfg.vocab_size, device=device)
+    monitor = DivergenceMonitor(cfg.log.spike_factor, device)
 
-    start_step, train_time, log_path = 0, 0.0, run_dir / "log.jsonl"
-    ckpt = find_checkpoint(run_dir)
-    if ckpt is not None:
+    start_step, train_time = 0, 0.0
+    found = find_checkpoint(run_dir)
+    if found is not None:
+        path, ckpt = found
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng_cpu"])
+        if "monitor" in ckpt:  # checkpoints written before divergence monitoring have none
+            monitor.load_state_dict(ckpt["monitor"])
         start_step, train_time = ckpt["step"], ckpt["train_time"]
         if dd.master:
-            print(f"{cfg.name}: resuming at step {start_step} from {run_dir / CKPT}")
+            print(f"{cfg.name}: resuming at step {start_step} from {path}")
     if dd.master:
         truncate_log(log_path, start_step)
         write_json(status_path, {"state": "running", "step": start_step, "world_size": dd.world_size})
@@ -237,11 +298,11 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
     s = cfg.schedule
     if dd.master:
         print(f"{cfg.name}: {sum(p.numel() for p in model.parameters()):,} parameters, {device}, {dtype}, compile={use_compile}, "
-              f"micro-batch {micro} x {accum} accumulation x {dd.world_size} processes")
+              f"micro-batch {loader.batch_size} x {accum} accumulation x {dd.world_size} processes")
 
     log_file = open(log_path, "a") if dd.master else None
     t_last, steps_since_log = time.perf_counter(), 0
-    state, last_finite_loss, step = "finished", None, start_step - 1
+    state, step = "finished", start_step - 1
     for step in range(start_step, s.max_steps):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
@@ -259,6 +320,9 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
             parts["ce"] += out["ce"].detach() / accum
             parts["aux"] += out["aux"].detach() / accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if dd.world_size > 1:  # every rank must judge the same loss, or they would stop at different steps and hang
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        monitor.update(step, loss_sum, grad_norm)
         optimizer.step()
         mitigation.after_step(model.output_embedding)
         optimizer.zero_grad(set_to_none=True)
@@ -266,49 +330,50 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
 
         last = step == s.max_steps - 1
         checkpoint_due = (step + 1) % cfg.log.checkpoint_interval == 0 or last
-        # Checkpoint steps are also log steps, so no checkpoint ever holds diverged weights.
+        # Checkpoint steps are also log steps: the divergence verdict is read before any checkpoint.
         if step % cfg.log.log_interval == 0 or checkpoint_due:
-            # One host-device sync per log step: the loss read here is also the divergence check.
-            metrics = {"loss": loss_sum, **parts, "grad_norm": grad_norm, **diagnostics(model, logits, out["lse"])}
+            # The host-device syncs of a log step: the metrics, then the divergence verdict.
+            metrics = {**parts, "grad_norm": grad_norm, **diagnostics(model, logits, out["lse"])}
             if dd.world_size > 1:
                 for v in metrics.values():
                     dist.all_reduce(v, op=dist.ReduceOp.AVG)
             now = time.perf_counter()
             train_time += now - t_last
-            record = {"step": step, "lr": lr, **{k: v.item() for k, v in metrics.items()},
+            record = {"step": step, "lr": lr, "loss": loss_sum.item(), **{k: v.item() for k, v in metrics.items()},
                       "tokens_per_s": steps_since_log * tokens_per_step / (now - t_last), "train_time": train_time}
             t_last, steps_since_log = now, 0
-            if not math.isfinite(record["loss"]):
-                state = "diverged"
-            else:
-                last_finite_loss = record["loss"]
             if dd.master:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
+                append_line(log_file, record)
                 print(f"step {step:>6} | loss {record['loss']:.4f} | ce {record['ce']:.4f} | lr {lr:.2e} | "
                       f"|g| {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s", flush=True)
-            if state == "diverged":
+            if monitor.diverged():
+                state = "diverged"
                 break
         if checkpoint_due:
             now = time.perf_counter()
             train_time += now - t_last
             t_last = now
             if dd.master:
-                write_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                                           "train_time": train_time, "rng_cpu": torch.get_rng_state(), "config": cfg.to_dict()})
+                save_checkpoint(run_dir / CKPT, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
+                    "train_time": train_time, "rng_cpu": torch.get_rng_state(), "monitor": monitor.state_dict(),
+                    "config": cfg.to_dict()}, previous=run_dir / PREV_CKPT)
                 write_json(status_path, {"state": "running", "step": step + 1, "world_size": dd.world_size})
             if dd.world_size > 1:
                 dist.barrier()
 
     if log_file:
         log_file.close()
+
+    diverged_at, last_finite_loss = monitor.result()
     if dd.master:
         final = {"state": state, "step": step + 1, "train_time": train_time, "tokens": (step + 1) * tokens_per_step,
                  "world_size": dd.world_size, "last_finite_loss": last_finite_loss}
         if state == "diverged":
-            final["diverged_at_step"] = step
+            final["diverged_at_step"] = diverged_at
         write_json(status_path, final)
-        print(f"{cfg.name}: {state} after {step + 1} steps, {train_time:.1f} s")
+        print(f"{cfg.name}: {state} after {step + 1} steps, {train_time:.1f} s"
+              + (f" (diverged at step {diverged_at}, last finite loss {last_finite_loss})" if state == "diverged" else ""))
     return state
 
 
@@ -322,9 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         config, overrides = None, [config, *overrides]
     try:
         train(load_config(config, overrides))
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused: a full disk, no permission
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -23,7 +23,7 @@ import tomli_w
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, read_status, write_json
+from .checkpoint import CheckpointError, RunDirError, atomic_write, describe_os_error, load_checkpoint, read_status, write_json
 from .config import ConfigError, RunConfig, config_from_dict, load_config, load_toml
 from .data import DataError, eval_batches, resolve_shards
 from .mitigations import output_mean, softmax_cross_entropy_and_lse, stablemax_cross_entropy
@@ -31,6 +31,7 @@ from .model import GPT
 
 SPEC = "validation.toml"
 RESULT = "validation.json"
+SPEC_KEYS = {"checkpoint": str, "val": str, "val_tokens": int, "batch_size": int, "seq_len": int}
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
@@ -47,6 +48,8 @@ def prepare(run_dir: Path, val: str | None = None, val_tokens: int | None = None
     if state != "finished":
         print(f"{run_dir.name}: {state}, not validated")
         return None
+    if val_tokens is not None and val_tokens < 1:
+        raise ConfigError(f"--val-tokens must be >= 1, got {val_tokens}")
     spec = {"checkpoint": str(run_dir / "ckpt.pt"), "val": val or cfg.data.val,
             "val_tokens": val_tokens or cfg.data.val_tokens, "batch_size": cfg.data.val_batch_size,
             "seq_len": cfg.batch.seq_len}
@@ -54,10 +57,29 @@ def prepare(run_dir: Path, val: str | None = None, val_tokens: int | None = None
     return run_dir / SPEC
 
 
+def load_spec(run_dir: Path, cfg: RunConfig) -> dict:
+    """validation.toml, checked: a hand edit or a damaged file is named before any work."""
+    path = run_dir / SPEC
+    spec = load_toml(path)
+    for key, tp in SPEC_KEYS.items():
+        if not isinstance(spec.get(key), tp) or isinstance(spec.get(key), bool):
+            raise ConfigError(f"{path}: '{key}' must be a {tp.__name__}, got {spec.get(key)!r}; run stage 1 (--prepare) again")
+        if tp is int and spec[key] < 1:
+            raise ConfigError(f"{path}: '{key}' must be >= 1, got {spec[key]}")
+    unknown = set(spec) - set(SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(SPEC_KEYS)}")
+    # The model's context length is the batch.seq_len it was trained with (its RoPE tables end there).
+    if spec["seq_len"] > cfg.batch.seq_len:
+        raise ConfigError(f"{path}: 'seq_len' {spec['seq_len']} is above the model's context length {cfg.batch.seq_len} "
+                          f"(the batch.seq_len it was trained with)")
+    return spec
+
+
 @torch.no_grad()
 def evaluate(run_dir: Path, device: str = "auto") -> dict:
-    spec = load_toml(run_dir / SPEC)
     cfg = load_run_config(run_dir)
+    spec = load_spec(run_dir, cfg)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = GPT(cfg.gpt_config())
@@ -125,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"softmax CE {r['test_loss_softmax']:.4f} on {r['val_tokens']:,} tokens")
             else:
                 print(f"{run_dir.name}: no {SPEC} (not finished, or stage 1 not run), skipped")
-        except (ConfigError, DataError, CheckpointError) as e:
+        except (ConfigError, DataError, CheckpointError, RunDirError) as e:
             print(f"error: {run_dir.name}: {e}", file=sys.stderr)
+            failed += 1
+        except OSError as e:  # the file system refused: a full disk, no permission
+            print(f"error: {run_dir.name}: {describe_os_error(e)}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 

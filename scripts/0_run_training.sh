@@ -9,14 +9,14 @@ targets=(); overrides=()
 for a in "$@"; do case "$a" in *=*) overrides+=("$a");; *) targets+=("$a");; esac; done
 load_configs "${targets[@]}"
 nproc=${NPROC_PER_NODE:-1}
-failed=0
+failed=()  # a failed run (its error is printed above) does not stop the others
 for cfg in "${configs[@]}"; do
     echo "=== training $cfg"
     if [ "$nproc" -gt 1 ]; then
-        "$PY" -m torch.distributed.run --standalone --nproc_per_node="$nproc" -m nanoGPT.train "$cfg" "${overrides[@]}" || failed=$((failed + 1))
+        "$PY" -m torch.distributed.run --standalone --nproc_per_node="$nproc" -m nanoGPT.train "$cfg" "${overrides[@]}" || failed+=("$cfg")
     else
-        "$PY" -m nanoGPT.train "$cfg" "${overrides[@]}" || failed=$((failed + 1))
+        "$PY" -m nanoGPT.train "$cfg" "${overrides[@]}" || failed+=("$cfg")
     fi
 done
-echo "stage 0: ${#configs[@]} runs, $failed failed"
-[ "$failed" -eq 0 ]
+echo "stage 0: ${#configs[@]} runs, ${#failed[@]} failed${failed:+: ${failed[*]}}"
+[ "${#failed[@]}" -eq 0 ]

@@ -10,15 +10,16 @@ export PYTHONUNBUFFERED=1
 # run_configs ARG...: the run config files named by each ARG: a grid name (expanded afresh
 # from configs/grids/NAME.toml into configs/runs/NAME/, so the grid file is the source of
 # truth), a grid file, a run config (.toml) or a folder of run configs (used as they are, for
-# hand-edited runs). Default: the tiny CPU grid.
+# hand-edited runs). Default: the tiny CPU grid. Every failure returns at once (a loop's
+# status is only its last command's) and keeps its message: a bad grid must say what is wrong.
 run_configs() {
     [ $# -gt 0 ] || set -- tiny_cpu
     local arg
     for arg in "$@"; do
-        if [ -f "$arg" ] && grep -q '^\[grid\]' "$arg"; then "$PY" -m nanoGPT.config "$arg" 2>/dev/null
+        if [ -f "$arg" ] && grep -q '^\[grid\]' "$arg"; then "$PY" -m nanoGPT.config "$arg" || return
         elif [ -f "$arg" ]; then echo "$arg"
-        elif [ -d "$arg" ]; then ls "$arg"/*.toml
-        elif [ -f "configs/grids/$arg.toml" ]; then "$PY" -m nanoGPT.config "configs/grids/$arg.toml" 2>/dev/null
+        elif [ -d "$arg" ]; then ls "$arg"/*.toml || return
+        elif [ -f "configs/grids/$arg.toml" ]; then "$PY" -m nanoGPT.config "configs/grids/$arg.toml" || return
         else
             echo "error: '$arg' is neither a grid in configs/grids/, a grid file, a run config nor a folder of them" >&2
             return 2

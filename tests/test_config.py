@@ -252,6 +252,9 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("seed = -1\n", "seed"),
     ("[model]\nvocab_size = 128\n", "model.vocab_size"),
     ('name = "a/b"\n', "name"),
+    ("[log]\nspike_factor = 1.0\n", "log.spike_factor"),
+    ("[log]\nspike_factor = -2.0\n", "log.spike_factor"),
+    ("[log]\nspike_factor = inf\n", "log.spike_factor"),
 ])
 def test_bad_config_file_names_key(tmp_path, text, key):
     path = _write(tmp_path, text)
@@ -431,6 +434,7 @@ def _config_dicts(draw):
     return data
 
 
+@pytest.mark.faults
 @settings(max_examples=300, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(_config_dicts())
 def test_fuzz_config_from_dict_only_raises_config_error(data):
@@ -444,3 +448,41 @@ def test_fuzz_config_from_dict_only_raises_config_error(data):
     assert isinstance(cfg, RunConfig)
     assert cfg.name and "/" not in cfg.name
     assert math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0
+
+
+def _only_config_errors(load, what: str) -> None:
+    try:
+        cfg = load()
+    except ConfigError:
+        return
+    except Exception as e:  # anything else is a bug: show the input that caused it
+        raise AssertionError(f"{what} raised {type(e).__name__}: {e}") from e
+    assert isinstance(cfg, RunConfig) and cfg.name
+
+
+_override_keys = st.one_of(st.sampled_from(ALL_KEYS + [f"{s}.{k}" for s, ks in SECTIONS.items() for k in ks]), st.text(max_size=12))
+_override_values = st.one_of(st.sampled_from(["1e-3", "-1", "nan", "inf", "true", "[1, 2]", '"x"', "{a = 1}", "1" + "0" * 400,
+                                              "tiny", "z-loss", "stablemax+z-loss", "", "=", "[", "'"]), st.text(max_size=12))
+
+
+@pytest.mark.faults
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(st.lists(st.one_of(st.builds(lambda k, v: f"{k}={v}", _override_keys, _override_values), st.text(max_size=20)), max_size=4))
+def test_fuzz_command_line_overrides_only_raise_config_error(overrides):
+    _only_config_errors(lambda: load_config(overrides=overrides), f"load_config(overrides={overrides!r})")
+
+
+_toml_lines = st.one_of(
+    st.builds(lambda k, v: f"{k} = {v}", _override_keys, _override_values),
+    st.sampled_from(["[model]", "[optim]", "[log]", "[[optim]]", "[optim.lr]", "[", "model = 3", "optim = {lr = -1}"]),
+    st.text(max_size=20),
+)
+
+
+@pytest.mark.faults
+@settings(max_examples=300, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_toml_lines, max_size=6), st.binary(max_size=4))
+def test_fuzz_config_files_only_raise_config_error(tmp_path, lines, junk):
+    path = tmp_path / "run.toml"
+    path.write_bytes("\n".join(lines).encode() + junk)
+    _only_config_errors(lambda: load_config(path), f"load_config of {path.read_bytes()!r}")
