@@ -106,8 +106,15 @@ def read_runs(path: Path) -> list[Run]:
         if missing:
             raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}: is it a loss_overview.csv?")
         rows = list(reader)
+    # A run folder whose config could not be read has no lr: it cannot sit on the grid, so it
+    # is named here (aggregate already reports it as corrupt) instead of crashing the stage.
+    unplaced = [r for r in rows if math.isnan(_float(r.get("lr")))]
+    for r in unplaced:
+        print(f"warning: {path}: run {r['name']} ({r['status']}) has no learning rate; left out of the "
+              "figures and tables", file=sys.stderr)
+    rows = [r for r in rows if r not in unplaced]
     return [Run(name=r["name"], status=r["status"], scale=r["scale"], method=r["method"], gamma=_float(r.get("gamma"), 0.0),
-                lr=float(r["lr"]), seed=int(_float(r.get("seed"), 0)), test_loss=_float(r["test_loss"]),
+                lr=_float(r["lr"]), seed=int(_float(r.get("seed"), 0)), test_loss=_float(r["test_loss"]),
                 initial_loss=_float(r.get("initial_loss")), time=_float(r.get("time")), steps=int(_float(r.get("steps"), 0)),
                 tokens=int(_float(r.get("tokens"), 0)), diverged=r["status"] == "diverged" or r.get("diverged") == "True",
                 loss_kind=r.get("test_loss_kind") or "")

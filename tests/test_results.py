@@ -61,7 +61,7 @@ def run_name(scale, method, lr, seed):
 
 def write_overview(path: Path, grid=GRID) -> Path:
     """A loss_overview.csv with the aggregation's columns plus one it does not write yet (tolerated)."""
-    columns = aggregate.COLUMNS + ["last_finite_loss"]
+    columns = aggregate.COLUMNS + ["a_future_column"]
     cell = lambda x: "" if isinstance(x, float) and math.isnan(x) else x
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
@@ -70,7 +70,7 @@ def write_overview(path: Path, grid=GRID) -> Path:
             w.writerow({"name": run_name(scale, method, lr, seed), "test_loss": cell(loss), "status": status,
                         "diverged": status == "diverged", "method": method, "scale": scale, "lr": lr,
                         "gamma": 1e-4 if method == "z-loss" else 0.0, "seed": seed, "steps": STEPS, "tokens": TOKENS,
-                        "time": cell(time), "initial_loss": cell(init), "test_loss_kind": "softmax", "last_finite_loss": 5.0})
+                        "time": cell(time), "initial_loss": cell(init), "test_loss_kind": "softmax", "a_future_column": 5.0})
     return path
 
 
@@ -340,3 +340,14 @@ device = "cpu"
     assert "INCOMPLETE GRID" in text and f"{never.name} is missing" in text
     assert (report.parent / "curves_tiny.png").stat().st_size > 0
     assert "| baseline | 2/2" in text and "| mu-centering | 1/2" in text
+
+
+def test_a_run_without_a_learning_rate_is_named_and_left_out(tmp_path, capsys):
+    """A run folder whose config.toml was unreadable reaches the CSV with empty lr/scale/method."""
+    path = write_overview(tmp_path / "loss_overview.csv")
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=aggregate.COLUMNS + ["a_future_column"]).writerow(
+            {"name": "broken-run", "status": "corrupt: config.toml unreadable"})
+    runs = results.read_runs(path)
+    assert "broken-run" not in {r.name for r in runs} and len(runs) == len(GRID)
+    assert "run broken-run (corrupt: config.toml unreadable) has no learning rate" in capsys.readouterr().err
