@@ -7,6 +7,7 @@ Rows come from the given run configs, so a run that never started is listed as `
 rather than silently absent, and from every run directory in the output folders. Every row
 says its ``status``: done (validated), trained (not yet validated), running (a live process
 holds its lock), interrupted (killed or stopped: the same training command resumes it),
+preempted (stopped with a checkpoint on SIGTERM/SIGUSR1: the same command resumes it),
 diverged, not started, missing, or ``corrupt: <file and what>`` for a run whose files cannot
 be read; no run is dropped and no damaged file stops the stage. Other states a run writes
 into its status.json are reported as they are. ``name,test_loss,test_perplexity``

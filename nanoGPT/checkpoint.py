@@ -66,7 +66,7 @@ def _write_temp(path: Path, chunks: tuple[bytes, ...]) -> Path:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise OSError(e.errno, e.strerror, str(path)) from None
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     return tmp
 

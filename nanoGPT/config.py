@@ -89,6 +89,8 @@ class LogSection:
     log_interval: int = 10          # steps between log lines (each needs a host-device sync)
     checkpoint_interval: int = 1000 # steps between checkpoints; the last step always checkpoints
     spike_factor: float = 0.0       # a loss above this × its recent average (EMA, ~100 steps) counts as diverged; 0: only NaN/Inf do
+    wandb: bool = False             # also mirror the log lines to Weights & Biases (nanoGPT/tracking.py); local logs are always written
+    wandb_project: str = "stable-pretraining"
 
 
 @dataclass

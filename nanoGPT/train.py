@@ -9,8 +9,10 @@ The run writes into ``out_dir/name``: ``config.toml`` (the resolved config), ``l
 Started again with the same command, a killed run resumes from its last checkpoint, bit for
 bit on CPU; a finished run does nothing. Divergence (a NaN/Inf loss or gradient norm, or a
 loss spike beyond ``log.spike_factor``) is a result, not a crash: the run stops, records
-``diverged`` with the step and the last finite loss, and exits 0. Bad input (config, data, a
-run directory in use or not writable, a full disk) ends with one line naming the cause.
+``diverged`` with the step and the last finite loss, and exits 0. SIGTERM or SIGUSR1 (slurm
+preempting the job, its time limit near) makes the run checkpoint at its next log step, record
+``preempted`` and exit with EXIT_PREEMPTED; the same command resumes it. Bad input (config,
+data, a run directory in use or not writable, a full disk) ends with one line naming the cause.
 """
 from __future__ import annotations
 
@@ -35,8 +37,11 @@ from .config import ConfigError, RunConfig, config_from_dict, load_config, load_
 from .data import BatchLoader, DataError, resolve_shards
 from .mitigations import output_mean
 from .model import GPT, get_scale
+from .preemption import Preemption
+from .tracking import Tracker
 
 CKPT, PREV_CKPT = "ckpt.pt", "ckpt.prev.pt"
+EXIT_PREEMPTED = 3  # stopped with a checkpoint on SIGTERM/SIGUSR1: not finished, the same command resumes it
 
 
 # ----------------------------------------------------------------------------- setup
@@ -255,15 +260,15 @@ def train(cfg: RunConfig) -> str:
         loader = BatchLoader(resolve_shards(cfg.data.train, cfg.data.shard_seed), micro, cfg.batch.seq_len, dd.rank,
                              dd.world_size, vocab_size=cfg.model.vocab_size, device=device)
         # Only rank 0 writes, so only rank 0 locks; if it cannot, it exits and torchrun stops the others.
-        with hold_run_dir(cfg.run_dir) if dd.master else contextlib.nullcontext():
-            return _train(cfg, dd, device, dtype, use_compile, loader, accum)
+        with hold_run_dir(cfg.run_dir) if dd.master else contextlib.nullcontext(), Preemption() as preemption:
+            return _train(cfg, dd, device, dtype, use_compile, loader, accum, preemption)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, use_compile: bool,
-           loader: BatchLoader, accum: int) -> str:
+           loader: BatchLoader, accum: int, preemption: Preemption) -> str:
     run_dir, status_path, log_path = cfg.run_dir, cfg.run_dir / "status.json", cfg.run_dir / "log.jsonl"
     if dd.master:
         atomic_write(run_dir / "config.toml", cfg.dumps().encode())
@@ -301,8 +306,9 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
               f"micro-batch {loader.batch_size} x {accum} accumulation x {dd.world_size} processes")
 
     log_file = open(log_path, "a") if dd.master else None
+    tracker = Tracker(cfg, enabled=dd.master and cfg.log.wandb)
     t_last, steps_since_log = time.perf_counter(), 0
-    state, step = "finished", start_step - 1
+    state, step, stop = "finished", start_step - 1, False
     for step in range(start_step, s.max_steps):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
@@ -332,6 +338,8 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
         checkpoint_due = (step + 1) % cfg.log.checkpoint_interval == 0 or last
         # Checkpoint steps are also log steps: the divergence verdict is read before any checkpoint.
         if step % cfg.log.log_interval == 0 or checkpoint_due:
+            stop = preemption.requested(dd.world_size, device)  # a collective: at log steps, on every rank
+            checkpoint_due = checkpoint_due or stop
             # The host-device syncs of a log step: the metrics, then the divergence verdict.
             metrics = {**parts, "grad_norm": grad_norm, **diagnostics(model, logits, out["lse"])}
             if dd.world_size > 1:
@@ -344,6 +352,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
             t_last, steps_since_log = now, 0
             if dd.master:
                 append_line(log_file, record)
+                tracker.log(record)
                 print(f"step {step:>6} | loss {record['loss']:.4f} | ce {record['ce']:.4f} | lr {lr:.2e} | "
                       f"|g| {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s", flush=True)
             if monitor.diverged():
@@ -361,9 +370,15 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
                 write_json(status_path, {"state": "running", "step": step + 1, "world_size": dd.world_size})
             if dd.world_size > 1:
                 dist.barrier()
+        if stop and not last:
+            if dd.master:
+                print(f"{cfg.name}: preempted: checkpoint written at step {step + 1}, stopping (the same command resumes)", flush=True)
+            state = "preempted"
+            break
 
     if log_file:
         log_file.close()
+    tracker.finish(state)
 
     diverged_at, last_finite_loss = monitor.result()
     if dd.master:
@@ -386,14 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     if config and "=" in config and not config.endswith(".toml"):
         config, overrides = None, [config, *overrides]
     try:
-        train(load_config(config, overrides))
+        state = train(load_config(config, overrides))
     except (ConfigError, DataError, CheckpointError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the file system refused: a full disk, no permission
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 1
-    return 0
+    return EXIT_PREEMPTED if state == "preempted" else 0
 
 
 if __name__ == "__main__":

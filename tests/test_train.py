@@ -2,8 +2,15 @@
 input are in test_faults.py."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +20,8 @@ from nanoGPT.config import ConfigError
 from nanoGPT.train import lr_at, micro_batch_size, train
 
 from conftest import tiny_run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = [("baseline", 0.0), ("z-loss", 1e-4), ("mu-loss", 1e-1), ("mu-centering", 0.0), ("stablemax", 0.0),
            ("orthograd", 0.0)]
@@ -79,24 +88,98 @@ def test_batch_not_divisible_by_processes_is_an_error(tmp_path, shards):
         micro_batch_size(cfg, 4)
 
 
+# Run under torchrun in place of `-m nanoGPT.train`: trains as that does, then saves each rank's
+# own weights (only rank 0 writes checkpoints), so that the replicas can be compared.
+RANK_PROBE = """
+import os, sys, torch
+from nanoGPT import train
+from nanoGPT.config import load_config
+built = []
+class Recorded(train.GPT):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        built.append(self)
+train.GPT = Recorded
+train.train(load_config(sys.argv[1]))
+torch.save(built[0].state_dict(), os.path.join(sys.argv[2], "rank" + os.environ["RANK"] + ".pt"))
+"""
+
+
 @pytest.mark.slow
 def test_torchrun_ddp_matches_single_process(tmp_path, shards):
-    """Two gloo processes under the real torchrun, same global batch: same losses, same weights."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    """Two gloo processes under the real torchrun, same global batch: bit-identical weights on
+    both ranks, and the losses and weights of one process."""
     single = tiny_run(tmp_path / "single", shards, schedule={"max_steps": 4}, log={"log_interval": 1, "checkpoint_interval": 4})
     train(single)
-    config = tmp_path / "run.toml"
-    config.write_text(single.dumps().replace(str(tmp_path / "single"), str(tmp_path / "ddp")))
+    ddp = tiny_run(tmp_path / "ddp", shards, schedule={"max_steps": 4}, log={"log_interval": 1, "checkpoint_interval": 4})
+    (tmp_path / "run.toml").write_text(ddp.dumps())
+    (tmp_path / "probe.py").write_text(RANK_PROBE)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "nanoGPT.train", str(config)], cwd=Path(__file__).resolve().parents[1],
-                       capture_output=True, text=True, timeout=300)
+                        str(tmp_path / "probe.py"), str(tmp_path / "run.toml"), str(tmp_path)], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "x 2 processes" in r.stdout
-    ddp_dir = tmp_path / "ddp" / single.name
-    assert [x["loss"] for x in read_log(ddp_dir)] == pytest.approx([x["loss"] for x in read_log(single.run_dir)], rel=1e-5)
-    a, b = load_checkpoint(single.run_dir / "ckpt.pt")["model"], load_checkpoint(ddp_dir / "ckpt.pt")["model"]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # the replicas never drift apart
+    assert [x["loss"] for x in read_log(ddp.run_dir)] == pytest.approx([x["loss"] for x in read_log(single.run_dir)], rel=1e-5)
+    a, b = load_checkpoint(single.run_dir / "ckpt.pt")["model"], load_checkpoint(ddp.run_dir / "ckpt.pt")["model"]
+    assert all(torch.equal(b[k], rank0[k]) for k in b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)  # all-reduce order vs one sum; see accumulation test
+
+
+def worker_pids(agent_pid: int) -> dict[int, int]:
+    """rank -> pid of the training processes a torchrun agent started."""
+    out = {}
+    for pid in subprocess.run(["pgrep", "-P", str(agent_pid)], capture_output=True, text=True).stdout.split():
+        try:
+            env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+        except OSError:  # it has just exited
+            continue
+        if b"RANK" in env:
+            out[int(env[b"RANK"])] = int(pid)
+    return out
+
+
+@pytest.mark.slow
+def test_ddp_preemption_stops_every_rank_at_one_step_and_resumes(tmp_path, shards):
+    """SIGTERM to rank 1 alone: both ranks stop at the same log step with a checkpoint (rank 0
+    would otherwise hang in its next all-reduce), and the resumed run ends bit for bit where an
+    uninterrupted one does."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nanoGPT.train"]
+    runs = {}
+    for name in ("reference", "preempted"):
+        cfg = tiny_run(tmp_path / name, shards, schedule={"max_steps": 30}, log={"log_interval": 2, "checkpoint_interval": 1000})
+        (tmp_path / f"{name}.toml").write_text(cfg.dumps())
+        runs[name] = cfg.run_dir
+    r = subprocess.run([*torchrun, str(tmp_path / "reference.toml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    run_dir = runs["preempted"]
+    agent = subprocess.Popen([*torchrun, str(tmp_path / "preempted.toml")], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        log = run_dir / "log.jsonl"
+        while not (log.exists() and log.read_text().count("\n") >= 2):
+            assert time.time() < deadline and agent.poll() is None, "the DDP run never logged"
+            time.sleep(0.1)
+        os.kill(worker_pids(agent.pid)[1], signal.SIGTERM)
+        out, _ = agent.communicate(timeout=120)
+    finally:  # torchrun's workers have sessions of their own: a hung one outlives the agent
+        for pid in worker_pids(agent.pid).values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        agent.kill()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "preempted" and 2 < status["step"] < 30, out
+    assert read_log(run_dir)[-1]["step"] == status["step"] - 1  # stopped right after a log step
+    r = subprocess.run([*torchrun, str(tmp_path / "preempted.toml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"resuming at step {status['step']}" in r.stdout
+
+    drop = ("tokens_per_s", "train_time")
+    strip = lambda log: [{k: v for k, v in x.items() if k not in drop} for x in log]
+    assert strip(read_log(run_dir)) == strip(read_log(runs["reference"]))
+    a, b = (load_checkpoint(d / "ckpt.pt")["model"] for d in runs.values())
+    assert all(torch.equal(a[k], b[k]) for k in a)
