@@ -149,6 +149,9 @@ class RunConfig:
             self.mitigation
         except MethodError as e:
             raise ConfigError(f"config key 'method.{e.key}': {e}") from None
+        # A skip list without ⊥Grad would do nothing: a typo'd method name must not pass silently.
+        _check(not self.method.orthograd_skip or self.mitigation.orthograd, "method.orthograd_skip",
+               f"only applies with orthograd in method.name, got {self.method.name!r}")
         o, s, b, d, lg = self.optim, self.schedule, self.batch, self.data, self.log
         _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"must be a positive number, got {o.lr}")
         _check(0 <= o.beta1 < 1, "optim.beta1", f"must be in [0, 1), got {o.beta1}")

@@ -255,6 +255,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("[log]\nspike_factor = 1.0\n", "log.spike_factor"),
     ("[log]\nspike_factor = -2.0\n", "log.spike_factor"),
     ("[log]\nspike_factor = inf\n", "log.spike_factor"),
+    ('[method]\nname = "mu-centering"\northograd_skip = ["ln"]\n', "method.orthograd_skip"),
 ])
 def test_bad_config_file_names_key(tmp_path, text, key):
     path = _write(tmp_path, text)
