@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pydoc_data.topics
 import pytest
+import tomli_w
 
 from nanoGPT.config import config_from_dict
 from nanoGPT.data import tokenize_documents, write_shard
@@ -20,9 +21,9 @@ def shards(tmp_path_factory) -> dict[str, str]:
     return {"train": str(root / "t_train_*.bin"), "val": str(root / "t_val_*.bin")}
 
 
-def tiny_run(out_dir: Path, shards: dict[str, str], **sections) -> "RunConfig":
-    """A run config of the tiny scale that trains in well under a second per step on a CPU."""
-    data = {
+def _tiny_sections(out_dir: Path, shards: dict[str, str]) -> dict:
+    return {
+        "out_dir": str(out_dir),
         "out_dir": str(out_dir),
         "model": {"scale": "tiny"},
         "batch": {"batch_size": 4, "seq_len": 32},
@@ -32,9 +33,32 @@ def tiny_run(out_dir: Path, shards: dict[str, str], **sections) -> "RunConfig":
         "log": {"log_interval": 1, "checkpoint_interval": 4},
         "system": {"device": "cpu"},
     }
+
+
+def _merge(data: dict, sections: dict) -> dict:
     for section, values in sections.items():
         if isinstance(values, dict):
             data.setdefault(section, {}).update(values)
         else:
             data[section] = values
-    return config_from_dict(data)
+    return data
+
+
+def tiny_run(out_dir: Path, shards: dict[str, str], **sections) -> "RunConfig":
+    """A run config of the tiny scale that trains in well under a second per step on a CPU."""
+    return config_from_dict(_merge(_tiny_sections(out_dir, shards), sections))
+
+
+GAMMAS = {"z-loss": [1e-4], "mu-loss": [1e-1]}
+
+
+def tiny_grid(path: Path, name: str, shards: dict[str, str], methods: list[str], learning_rates: list[float],
+              **sections) -> Path:
+    """A grid file of tiny_run's runs (sections override tiny_run's), written to path for the stages."""
+    base = _merge(_tiny_sections(path.parent / "out", shards), sections)
+    grid = {"name": name, "scales": [base.pop("model")["scale"]], "methods": methods,
+            "learning_rates": learning_rates, "out_dir": base.pop("out_dir")}
+    base["optim"].pop("lr")  # the grid's learning_rates set it
+    gamma = {m: GAMMAS[m] for m in methods if m in GAMMAS}
+    path.write_text(tomli_w.dumps({"grid": grid, "gamma": gamma, "base": base}))
+    return path

@@ -17,6 +17,7 @@ import pytest
 from nanoGPT import aggregate, results, validate
 from nanoGPT.config import expand_grid, write_run_configs
 from nanoGPT.train import train
+from conftest import tiny_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, TOKENS = 1000, 1000 * 64 * 2048
@@ -298,30 +299,9 @@ def test_default_curves_are_every_method_at_the_largest_lr(synthetic):
 @pytest.mark.slow
 def test_stage_script_on_a_tiny_trained_grid(tmp_path, shards):
     name = f"pytest_results_{os.getpid()}"
-    grid = tmp_path / "grid.toml"
-    grid.write_text(f"""
-[grid]
-name = "{name}"
-scales = ["tiny"]
-methods = ["baseline", "mu-centering"]
-learning_rates = [1e-2, 3e-2]
-out_dir = "{tmp_path / 'out'}"
-[base.batch]
-batch_size = 2
-seq_len = 32
-[base.schedule]
-max_steps = 3
-warmup_steps = 1
-[base.data]
-train = "{shards['train']}"
-val = "{shards['val']}"
-val_tokens = 64
-val_batch_size = 2
-[base.log]
-log_interval = 1
-[base.system]
-device = "cpu"
-""")
+    grid = tiny_grid(tmp_path / "grid.toml", name, shards, ["baseline", "mu-centering"], [1e-2, 3e-2],
+                     batch={"batch_size": 2}, schedule={"max_steps": 3, "warmup_steps": 1},
+                     data={"val_tokens": 64, "val_batch_size": 2})
     *trained, never = expand_grid(grid)
     for cfg in trained:
         train(cfg)

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from nanoGPT.config import expand_grid, write_run_configs
+from conftest import tiny_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = ROOT / "scripts" / "slurm" / "submit.sh"
@@ -216,33 +217,10 @@ def test_grid_through_a_real_slurm_with_preemption(slurm, tmp_path, shards):
     env = slurm
     out = tmp_path / "out"
     grid_name = f"pytest_slurm_{os.getpid()}"
-    grid = tmp_path / "grid.toml"
-    grid.write_text(f"""
-[grid]
-name = "{grid_name}"
-scales = ["tiny"]
-methods = ["baseline", "z-loss", "stablemax"]
-learning_rates = [1e-2]
-out_dir = "{out}"
-[gamma]
-"z-loss" = [1e-4]
-[base.system]
-device = "cpu"
-[base.batch]
-batch_size = 4
-seq_len = 32
-[base.schedule]
-max_steps = 60
-warmup_steps = 2
-[base.log]
-log_interval = 1
-checkpoint_interval = 1000   # only the last step and a preemption checkpoint
-[base.data]
-train = "{shards['train']}"
-val = "{shards['val']}"
-val_tokens = 256
-val_batch_size = 4
-""")
+    grid = tiny_grid(tmp_path / "grid.toml", grid_name, shards, ["baseline", "z-loss", "stablemax"], [1e-2],
+                     schedule={"max_steps": 60, "warmup_steps": 2},
+                     log={"checkpoint_interval": 1000},  # only the last step and a preemption checkpoint
+                     data={"val_tokens": 256})
     runs = {c.name: c for c in expand_grid(grid)}
     try:
         r = subprocess.run(["bash", str(SUBMIT), str(grid)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

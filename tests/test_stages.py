@@ -11,33 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_grid
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_stages_produce_loss_overview(tmp_path, shards):
-    grid = tmp_path / "grid.toml"
-    grid.write_text(f"""
-[grid]
-name = "pytest_stages_{os.getpid()}"
-scales = ["tiny"]
-methods = ["baseline", "stablemax", "z-loss"]
-learning_rates = [1e-2]
-out_dir = "{tmp_path / 'out'}"
-[gamma]
-"z-loss" = [1e-4]
-[base.batch]
-batch_size = 2
-seq_len = 32
-[base.schedule]
-max_steps = 4
-warmup_steps = 1
-[base.data]
-train = "{shards['train']}"
-val = "{shards['val']}"
-val_tokens = 100
-val_batch_size = 2
-""")
+    grid = tiny_grid(tmp_path / "grid.toml", f"pytest_stages_{os.getpid()}", shards, ["baseline", "stablemax", "z-loss"],
+                     [1e-2], batch={"batch_size": 2}, schedule={"max_steps": 4, "warmup_steps": 1},
+                     data={"val_tokens": 100, "val_batch_size": 2})
     env = {**os.environ, "PYTHON": sys.executable}
     run = lambda *args: subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     try:
