@@ -27,6 +27,7 @@ e.g., GPT2LMHeadModel); since our loss always shifts, the trainer tells it so.
 """
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ def untie_output_embeddings(model: nn.Module) -> None:
     mu-loss / mu-centering leave the input embeddings alone; saved checkpoints stay untied."""
     head = model.get_output_embeddings()
     head.weight = nn.Parameter(head.weight.detach().clone())
+    # A config object can be shared by several models (built from one config): untie only this one's.
+    model.config = copy.deepcopy(model.config)
     model.config.tie_word_embeddings = False
 
 
@@ -181,7 +184,7 @@ class StableTrainer(Trainer):
                           if self.mitigation.stablemax else parts["ce"])
             loss, mode, logged = parts["ce"], "eval", (parts["ce"], softmax_ce)
         self._accumulate(mode, logged, w, n)
-        # A micro-batch without targets has a NaN (empty) mean and carries no weight.
+        # A micro-batch without targets carries no weight (its mean is 0 by convention).
         return torch.where(n > 0, loss * w, 0.0)
 
     def _accumulate(self, mode: str, values: Sequence[torch.Tensor], w: torch.Tensor, n: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ model, the training loop and other frameworks all share the same code.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -57,8 +58,12 @@ def stablemax_cross_entropy(z: torch.Tensor, targets: torch.Tensor, ignore_index
     safe = targets.clamp(min=0).unsqueeze(1)
     picked = log_stablemax_s(z.gather(1, safe).squeeze(1))
     log_norm = torch.log(stablemax_s(z).sum(1))
-    nll = (log_norm - picked)[keep]
-    return nll.mean()
+    return _mean_kept(log_norm - picked, keep)
+
+
+def _mean_kept(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the kept positions; 0 (not NaN) when none is kept."""
+    return torch.where(keep, x, 0).sum() / keep.sum().clamp(min=1)
 
 
 class StableMax(nn.Module):
@@ -109,12 +114,12 @@ def softmax_cross_entropy_and_lse(z: torch.Tensor, targets: torch.Tensor, ignore
     keep = targets != ignore_index
     lse = torch.logsumexp(z, dim=-1)
     picked = z.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
-    return (lse - picked)[keep].mean(), lse[keep]
+    return _mean_kept(lse - picked, keep), lse[keep]
 
 
 def z_loss(lse: torch.Tensor, gamma: float) -> torch.Tensor:
-    """γ · mean over tokens of (log Z)²."""
-    return gamma * lse.float().pow(2).mean()
+    """γ · mean over tokens of (log Z)² (0 for no tokens)."""
+    return gamma * lse.float().pow(2).sum() / max(lse.numel(), 1)
 
 
 def output_mean(E: torch.Tensor) -> torch.Tensor:
@@ -183,12 +188,13 @@ class OrthoGrad(torch.optim.Optimizer):
         self.defaults = base.defaults
         self.param_groups = base.param_groups
         self.state = base.state
-        self._optimizer_step_pre_hooks = {}
-        self._optimizer_step_post_hooks = {}
-        self._optimizer_state_dict_pre_hooks = {}
-        self._optimizer_state_dict_post_hooks = {}
-        self._optimizer_load_state_dict_pre_hooks = {}
-        self._optimizer_load_state_dict_post_hooks = {}
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._patch_step_function()  # as Optimizer.__init__ does: step hooks registered on the wrapper run
 
     def projected_parameters(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"] if id(p) not in self._skipped]
@@ -317,7 +323,7 @@ class Mitigation:
         of the softmax, a diagnostic; for StableMax runs also computed, detached)."""
         if self.stablemax:
             ce = stablemax_cross_entropy(logits, targets)
-            lse = torch.logsumexp(logits.detach().float(), dim=-1).reshape(-1)
+            lse = torch.logsumexp(logits.detach().float(), dim=-1).reshape(-1)[targets.reshape(-1) != -100]
         else:
             ce, lse = softmax_cross_entropy_and_lse(logits, targets)
         if "z-loss" in self.components:

@@ -142,7 +142,9 @@ def check_run_dir(cfg: RunConfig) -> None:
     if saved.exists():
         old = config_from_dict(load_toml(saved)).to_dict()
         new = cfg.to_dict()
-        changed = [k for k in _RESULT_SECTIONS if old[k] != new[k]] + (["data.train"] if old["data"]["train"] != new["data"]["train"] else [])
+        # the data a step reads: which shards, in which order (a resumed run must see the same batches)
+        changed = [k for k in _RESULT_SECTIONS if old[k] != new[k]] + [
+            f"data.{k}" for k in ("train", "shard_seed") if old["data"].get(k) != new["data"].get(k)]
         if changed:
             raise ConfigError(f"run directory {cfg.run_dir} holds a run with a different config ({', '.join(changed)} differ); "
                               f"give the run another name or out_dir, or delete {cfg.run_dir} to start over")

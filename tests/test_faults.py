@@ -372,6 +372,8 @@ def test_a_run_directory_of_another_config_is_refused_and_left_as_it_was(tmp_pat
     assert "holds a run with a different config (optim differ)" in one_error_line(capsys.readouterr().err)
     assert train_mod.main([str(config), "data.train=/no/such/*.bin"]) == 2
     capsys.readouterr()
+    assert train_mod.main([str(config), "data.shard_seed=7"]) == 2  # another batch order
+    assert "different config (data.shard_seed differ)" in one_error_line(capsys.readouterr().err)
     assert snapshot(cfg.run_dir) == before
 
 

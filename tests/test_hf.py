@@ -279,8 +279,10 @@ def test_tied_embeddings_are_refused_unless_allowed_or_untied(method, gamma, tmp
     trainer(model, tmp_path, mitigation="z-loss", mitigation_gamma=1e-4)  # acts on logits only: accepted
     trainer(model, tmp_path, mitigation=method, mitigation_gamma=gamma, allow_tied_embeddings=True).train()
     assert embeddings_tied(model)
+    shared_config = model.config  # e.g. the config another model was built from too
     untie_output_embeddings(model)
     assert not embeddings_tied(model) and not model.config.tie_word_embeddings
+    assert shared_config.tie_word_embeddings  # untying this model changed no other model's config
     torch.testing.assert_close(model.lm_head.weight, model.transformer.wte.weight)
     trainer(model, tmp_path, mitigation=method, mitigation_gamma=gamma).train()
     assert not torch.allclose(model.lm_head.weight, model.transformer.wte.weight)

@@ -432,6 +432,26 @@ def test_mitigation_loss_parts(spec):
     assert not out["lse"].requires_grad
 
 
+@pytest.mark.parametrize("spec,gamma", [("baseline", 0.0), ("z-loss", 0.05), ("stablemax", 0.0)])
+def test_ignored_targets_are_left_out_and_none_kept_gives_zero(spec, gamma):
+    """-100 targets drop out of the mean (and of lse); with every target ignored the loss is 0
+    with zero gradient, not NaN (a padded micro-batch must not poison the step)."""
+    rng = np.random.default_rng(16)
+    z = rng.normal(0, 3, size=(6, 9))
+    t = rng.integers(0, 9, size=6)
+    t[[1, 4]] = -100
+    keep = t != -100
+    mit = Mitigation.from_spec(spec, gamma)
+    out = mit.loss(tt(z), torch.tensor(t), tt(rng.normal(size=(9, 2))))
+    ref = ref_stablemax_ce(z[keep], t[keep]) if spec == "stablemax" else ref_softmax_ce(z[keep], t[keep])
+    np.testing.assert_allclose(float(out["ce"]), ref, rtol=2e-6)
+    np.testing.assert_allclose(out["lse"].double().numpy(), ref_logsumexp(z[keep]), rtol=1e-6)
+    zg = tt(z).requires_grad_()
+    out = mit.loss(zg, torch.full((6,), -100), tt(rng.normal(size=(9, 2))))
+    out["loss"].backward()
+    assert float(out["loss"]) == 0.0 and torch.all(zg.grad == 0)
+
+
 def test_mitigation_loss_gradient_reaches_E_only_for_mu_loss():
     rng = np.random.default_rng(15)
     N, V, d = 4, 7, 3
@@ -773,6 +793,20 @@ class TestOrthoGradOptimizer:
         wrapped = Mitigation.from_spec("z-loss+orthograd", 1e-4).wrap_optimizer(base, [("ln.w", p)], skip=("ln",))
         assert isinstance(wrapped, OrthoGrad) and wrapped.base is base
         assert wrapped.projected_parameters() == []
+
+    def test_step_hooks_registered_on_the_wrapper_run(self):
+        """Trainers hook the optimizer they hold (the wrapper): its pre hook sees the raw
+        gradient, its post hook the updated weights, once per step each."""
+        w = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
+        opt = OrthoGrad(torch.optim.SGD([w], lr=0.5))
+        seen = []
+        opt.register_step_pre_hook(lambda o, a, k: seen.append(("pre", w.grad.tolist())))
+        opt.register_step_post_hook(lambda o, a, k: seen.append(("post", w.detach().tolist())))
+        w.grad = torch.tensor([2.0, 1.0])  # component along w: [2, 0]; orthogonal: [0, 1], rescaled to norm sqrt(5)
+        opt.step()
+        assert seen[0] == ("pre", [2.0, 1.0])
+        assert seen[1][0] == "post" and seen[1][1] == pytest.approx([1.0, -0.5 * 5 ** 0.5])
+        assert len(seen) == 2
 
 
 # ============================================================================ 6. parsing
