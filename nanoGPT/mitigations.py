@@ -139,6 +139,17 @@ def mu_center_(E: torch.Tensor) -> None:
     E.sub_(E.mean(dim=0, keepdim=True))
 
 
+_compiled: dict[str, object] = {}
+
+
+def compiled(fn):
+    """fn under torch.compile, built once per process: the GPU path of the per-step updates,
+    which fuses their many small kernels (one per parameter, or reduction + update) into few."""
+    if fn.__name__ not in _compiled:
+        _compiled[fn.__name__] = torch.compile(fn)
+    return _compiled[fn.__name__]
+
+
 # ----------------------------------------------------------------------------- ⊥Grad
 @torch.no_grad()
 def orthogonalize_gradients_(params: Iterable[torch.Tensor], eps: float = ORTHOGRAD_EPS) -> None:
@@ -160,8 +171,7 @@ def orthogonalize_gradients_(params: Iterable[torch.Tensor], eps: float = ORTHOG
     perp_norm = torch.stack(torch._foreach_norm(g_perp))
     scale = g_norm / (perp_norm + eps)
     torch._foreach_mul_(g_perp, list(scale.unbind()))
-    for p, g in zip(params, g_perp):
-        p.grad.copy_(g.view_as(p.grad))
+    torch._foreach_copy_([p.grad for p in params], [g.view_as(p.grad) for p, g in zip(params, g_perp)])
 
 
 class OrthoGrad(torch.optim.Optimizer):
@@ -174,7 +184,7 @@ class OrthoGrad(torch.optim.Optimizer):
     """
 
     def __init__(self, base: torch.optim.Optimizer, named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
-                 skip: Iterable[str] = (), eps: float = ORTHOGRAD_EPS):
+                 skip: Iterable[str] = (), eps: float = ORTHOGRAD_EPS, compile: bool = False):
         if not isinstance(base, torch.optim.Optimizer):
             raise TypeError(f"OrthoGrad wraps a torch.optim.Optimizer, got {type(base).__name__}")
         skip = tuple(skip)
@@ -182,6 +192,7 @@ class OrthoGrad(torch.optim.Optimizer):
             raise ValueError("OrthoGrad: skipping parameters by name needs named_parameters")
         self.base = base
         self.eps = eps
+        self._orthogonalize = compiled(orthogonalize_gradients_) if compile else orthogonalize_gradients_
         self.skip_names = skip
         self._skipped = {id(p) for n, p in (named_parameters or ()) if any(s in n for s in skip)}
         # Not calling Optimizer.__init__: it would rebuild the groups. Share the base's instead.
@@ -205,7 +216,7 @@ class OrthoGrad(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        orthogonalize_gradients_(self.projected_parameters(), self.eps)
+        self._orthogonalize(self.projected_parameters(), self.eps)
         self.base.step()
         return loss
 
@@ -328,15 +339,20 @@ class Mitigation:
             ce, lse = softmax_cross_entropy_and_lse(logits, targets)
         if "z-loss" in self.components:
             aux = z_loss(lse, self.gamma)
-        elif "mu-loss" in self.components:
-            aux = mu_loss(E, self.gamma)
         else:
-            aux = torch.zeros((), device=logits.device)
+            aux = self.embedding_penalty(E)
+            if aux is None:
+                aux = torch.zeros((), device=logits.device)
         return {"loss": ce + aux, "ce": ce, "aux": aux, "lse": lse.detach()}
 
-    def wrap_optimizer(self, optimizer: torch.optim.Optimizer, named_parameters, skip: Iterable[str] = ()) -> torch.optim.Optimizer:
-        return OrthoGrad(optimizer, named_parameters, skip) if self.orthograd else optimizer
+    def embedding_penalty(self, E: torch.Tensor) -> torch.Tensor | None:
+        """The regulariser that acts on the output embedding itself (mu-loss), None for the rest."""
+        return mu_loss(E, self.gamma) if "mu-loss" in self.components else None
 
-    def after_step(self, E: torch.Tensor) -> None:
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer, named_parameters, skip: Iterable[str] = (),
+                       compile: bool = False) -> torch.optim.Optimizer:
+        return OrthoGrad(optimizer, named_parameters, skip, compile=compile) if self.orthograd else optimizer
+
+    def after_step(self, E: torch.Tensor, compile: bool = False) -> None:
         if self.mu_centering:
-            mu_center_(E)
+            (compiled(mu_center_) if compile else mu_center_)(E)

@@ -24,19 +24,32 @@ class Scale:
     n_layer: int
     d_model: int
     n_head: int
-    max_micro_batch: int  # largest micro-batch of 2048-token sequences that fits an 80 GB GPU
+    max_micro_batch: int  # largest micro-batch of 2048-token sequences used on an 80 GB GPU
+    peak_gib: float       # peak GPU memory of a training step at that micro-batch, measured
 
 
-# Porian et al. shapes, 4 heads at every scale. max_micro_batch follows the published
-# per-scale choice (nanoGPT anchor micro-batches of PERFORMANCE.md) for 80 GB GPUs.
+# Porian et al. shapes, 4 heads at every scale. max_micro_batch is the nanoGPT anchor's
+# micro-batch of PERFORMANCE.md (64 at 16M, where the chunked loss head made it fit and run
+# 3% faster); peak_gib was measured with scripts/benchmark.py on the H100 (bf16, compiled,
+# chunked head; results/benchmarks/), and lets smaller GPUs halve the micro-batch until it fits.
 SCALES: dict[str, Scale] = {s.name: s for s in (
-    Scale("tiny", "T", 2, 64, 4, 64),   # tests and the CPU default grid only
-    Scale("16M", "4", 6, 224, 4, 32),
-    Scale("29M", "6", 9, 320, 4, 32),
-    Scale("57M", "8", 12, 480, 4, 16),
-    Scale("109M", "A", 15, 640, 4, 16),
-    Scale("221M", "C", 21, 832, 4, 8),
+    Scale("tiny", "T", 2, 64, 4, 64, 0.0),   # tests and the CPU default grid only
+    Scale("16M", "4", 6, 224, 4, 64, 10.72),
+    Scale("29M", "6", 9, 320, 4, 32, 11.18),
+    Scale("57M", "8", 12, 480, 4, 16, 11.05),
+    Scale("109M", "A", 15, 640, 4, 16, 17.06),
+    Scale("221M", "C", 21, 832, 4, 8, 17.43),
 )}
+
+
+def micro_batch_cap(scale: Scale, gpu_memory_gib: float | None = None) -> int:
+    """The scale's largest micro-batch, halved while its measured peak (taken as proportional
+    to the micro-batch, which overestimates) would exceed 90% of the GPU's memory."""
+    cap = scale.max_micro_batch
+    if gpu_memory_gib is not None:
+        while cap > 1 and scale.peak_gib * cap / scale.max_micro_batch > 0.9 * gpu_memory_gib:
+            cap //= 2
+    return cap
 
 
 def get_scale(key: str) -> Scale:
@@ -175,9 +188,13 @@ class GPT(nn.Module):
             x = block(x)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits [B, T, V]."""
-        return self.lm_head(self.hidden_states(idx))
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_head=None):
+        """Logits [B, T, V]; or, given targets and a loss head (nanoGPT.fused_head.LossHead),
+        its dict of loss and diagnostics, computed in chunks without whole-batch logits."""
+        h = self.hidden_states(idx)
+        if targets is None:
+            return self.lm_head(h)
+        return loss_head(h, self.lm_head.weight, targets)
 
 
 def count_parameters(cfg: GPTConfig) -> dict[str, int]:

@@ -35,8 +35,9 @@ from .checkpoint import (CheckpointError, RunDirError, atomic_write, describe_os
                          read_log_checked, read_status, save_checkpoint, write_json)
 from .config import ConfigError, RunConfig, config_from_dict, load_config, load_toml
 from .data import BatchLoader, DataError, resolve_shards
+from .fused_head import LossHead
 from .mitigations import output_mean
-from .model import GPT, get_scale
+from .model import GPT, get_scale, micro_batch_cap
 from .preemption import Preemption
 from .tracking import Tracker
 
@@ -93,9 +94,9 @@ def resolve_device(cfg: RunConfig) -> tuple[str, torch.dtype, bool]:
     return kind, dtype, compile_
 
 
-def micro_batch_size(cfg: RunConfig, world_size: int) -> tuple[int, int]:
+def micro_batch_size(cfg: RunConfig, world_size: int, gpu_memory_gib: float | None = None) -> tuple[int, int]:
     """(micro-batch, accumulation steps): the largest divisor of the per-GPU batch not above
-    the scale's maximum, unless the config fixes the micro-batch."""
+    the scale's largest micro-batch that fits the GPU, unless the config fixes the micro-batch."""
     B = cfg.batch.batch_size
     if B % world_size:
         raise ConfigError(f"config key 'batch.batch_size': {B} sequences cannot be split over {world_size} processes")
@@ -105,7 +106,7 @@ def micro_batch_size(cfg: RunConfig, world_size: int) -> tuple[int, int]:
         if per_rank % micro:
             raise ConfigError(f"config key 'batch.micro_batch_size': {micro} does not divide the per-process batch {per_rank}")
     else:
-        cap = get_scale(cfg.model.scale).max_micro_batch
+        cap = micro_batch_cap(get_scale(cfg.model.scale), gpu_memory_gib)
         micro = max(m for m in range(1, min(per_rank, cap) + 1) if per_rank % m == 0)
     return micro, per_rank // micro
 
@@ -120,7 +121,7 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     return s.min_lr + 0.5 * (lr - s.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: GPT, cfg: RunConfig, device_kind: str) -> torch.optim.Optimizer:
+def build_optimizer(model: GPT, cfg: RunConfig, device_kind: str, compile: bool = False) -> torch.optim.Optimizer:
     """AdamW; matrices and embeddings decay, LayerNorm gains do not. With independent weight
     decay AdamW gets wd/lr, so each step decays by wd·(lr_t/lr), independent of the peak lr."""
     o = cfg.optim
@@ -129,7 +130,7 @@ def build_optimizer(model: GPT, cfg: RunConfig, device_kind: str) -> torch.optim
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device_kind == "cuda")
-    return cfg.mitigation.wrap_optimizer(opt, model.named_parameters(), cfg.method.orthograd_skip)
+    return cfg.mitigation.wrap_optimizer(opt, model.named_parameters(), cfg.method.orthograd_skip, compile=compile)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -236,11 +237,23 @@ class DivergenceMonitor:
 
 # ----------------------------------------------------------------------------- the loop
 @torch.no_grad()
-def diagnostics(model: GPT, logits: torch.Tensor, lse: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Output-logit divergence diagnostics of the published runs (tensors; read at log steps)."""
-    z = logits.detach().float()
+def diagnostics(model: GPT, head_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Output-logit divergence diagnostics of the published runs (tensors; read at log steps):
+    the mean output and input embeddings' norms, and the logit statistics of the last
+    micro-batch, which the loss head gathers in its pass over the logits."""
     return {"mu_out_norm": output_mean(model.output_embedding).norm(), "mu_in_norm": output_mean(model.wte.weight).norm(),
-            "logit_mean": z.mean(), "logit_std": z.std(), "logit_max": z.max(), "lse_sq_mean": lse.float().pow(2).mean()}
+            **{k: head_out[k].detach() for k in ("logit_mean", "logit_std", "logit_max", "lse_sq_mean")}}
+
+
+def forward_loss(ddp, model: GPT, x: torch.Tensor, y: torch.Tensor, head: LossHead, mitigation) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The objective of one micro-batch: the loss head's loss (+ mu-loss's penalty on E), the
+    regulariser alone (detached), and the head's output with its logit diagnostics."""
+    out = ddp(x, y, loss_head=head)
+    loss, aux = out["loss"], out["aux"]
+    penalty = mitigation.embedding_penalty(model.output_embedding)
+    if penalty is not None:
+        loss, aux = loss + penalty, aux + penalty.detach()
+    return loss, aux, out
 
 
 def train(cfg: RunConfig) -> str:
@@ -257,7 +270,8 @@ def train(cfg: RunConfig) -> str:
             if dd.master:
                 print(f"{cfg.name}: already {state}, nothing to do")
             return state
-        micro, accum = micro_batch_size(cfg, dd.world_size)
+        memory = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+        micro, accum = micro_batch_size(cfg, dd.world_size, memory)
         # Bad data stops the run here, before its directory is created or touched.
         loader = BatchLoader(resolve_shards(cfg.data.train, cfg.data.shard_seed), micro, cfg.batch.seq_len, dd.rank,
                              dd.world_size, vocab_size=cfg.model.vocab_size, device=device)
@@ -276,7 +290,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
         atomic_write(run_dir / "config.toml", cfg.dumps().encode())
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = GPT(cfg.gpt_config()).to(device)
-    optimizer = build_optimizer(model, cfg, device.type)
+    optimizer = build_optimizer(model, cfg, device.type, compile=use_compile)
     mitigation = cfg.mitigation
     monitor = DivergenceMonitor(cfg.log.spike_factor, device)
 
@@ -298,7 +312,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
 
     fwd = torch.compile(model) if use_compile else model
     ddp = DDP(fwd, device_ids=[dd.local_rank] if device.type == "cuda" else None) if dd.world_size > 1 else fwd
-    loss_fn = torch.compile(mitigation.loss) if use_compile else mitigation.loss
+    head = LossHead.for_mitigation(mitigation, compiled=use_compile)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     tokens_per_step = cfg.batch.batch_size * cfg.batch.seq_len
@@ -321,18 +335,17 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
             x, y = loader.get(step * accum + micro_step)
             sync = micro_step == accum - 1 or dd.world_size == 1
             with (contextlib.nullcontext() if sync else ddp.no_sync()), autocast:
-                logits = ddp(x)
-                out = loss_fn(logits, y, model.output_embedding)
-            (out["loss"] / accum).backward()
-            loss_sum += out["loss"].detach() / accum
-            parts["ce"] += out["ce"].detach() / accum
-            parts["aux"] += out["aux"].detach() / accum
+                loss, aux, out = forward_loss(ddp, model, x, y, head, mitigation)
+            (loss / accum).backward()
+            loss_sum += loss.detach() / accum
+            parts["ce"] += out["ce"] / accum
+            parts["aux"] += aux / accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         if dd.world_size > 1:  # every rank must judge the same loss, or they would stop at different steps and hang
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         monitor.update(step, loss_sum, grad_norm)
         optimizer.step()
-        mitigation.after_step(model.output_embedding)
+        mitigation.after_step(model.output_embedding, compile=use_compile)
         optimizer.zero_grad(set_to_none=True)
         steps_since_log += 1
 
@@ -343,7 +356,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
             stop = preemption.requested(dd.world_size, device)  # a collective: at log steps, on every rank
             checkpoint_due = checkpoint_due or stop
             # The host-device syncs of a log step: the metrics, then the divergence verdict.
-            metrics = {**parts, "grad_norm": grad_norm, **diagnostics(model, logits, out["lse"])}
+            metrics = {**parts, "grad_norm": grad_norm, **diagnostics(model, out)}
             if dd.world_size > 1:
                 for v in metrics.values():
                     dist.all_reduce(v, op=dist.ReduceOp.AVG)

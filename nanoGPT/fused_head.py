@@ -1,0 +1,158 @@
+"""The LM head and its loss, in chunks of tokens: logits never exist for the whole batch.
+
+At V = 50304 the logits of one micro-batch are the largest tensor of a step (32 x 2048
+tokens: 6.6 GB in bf16, twice that in float32), and autograd would keep them until the
+backward pass. Here, chunk by chunk of rows, the logits are computed, reduced to the loss,
+and turned at once into their gradient, which goes straight into dL/dh and dL/dE; only those
+two (the size of h and of E) wait for the backward pass. Peak memory is one chunk's logits
+and gradient, whatever the method, and the backward pass re-reads nothing of size V.
+
+Per row with logits z, target t, and ignored rows (target == ignore_index) weighing 0, the
+mean over kept rows of:
+- softmax:   ce = lse − z_t,  lse = logsumexp(z);  z-loss adds γ·lse²
+             d/dz_j = p_j·(1 + 2γ·lse) − [j = t],  p = softmax(z)
+- StableMax: ce = log S − log s(z_t),  S = Σ_j s(z_j),  s(x) = x + 1 (x ≥ 0), 1/(1 − x) (x < 0)
+             d/dz_j = s'(z_j)/S − [j = t]·s'(z_t)/s(z_t),  s'(x) = 1 (x ≥ 0), 1/(1 − x)² (x < 0)
+The same pass sums what the published runs log about the logits (Σz, Σz², max z, Σ lse²),
+so the diagnostics cost no extra read of the logits.
+
+The matrix products run in the autocast dtype when autocast is on (bf16 on the GPU, as the
+unchunked head would), the per-row math always in float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .mitigations import log_stablemax_s, stablemax_s
+
+# Columns of the per-chunk statistics vector.
+CE_SUM, LSE_SQ_SUM, Z_SUM, Z_SQ_SUM, Z_MAX, N_KEPT = range(6)
+
+
+def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tensor, stablemax: bool, z_gamma: float,
+           with_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Gradient of Σ_rows keep_weight·(ce + γ·lse²) w.r.t. the logits (in their dtype), and the
+    statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows] of the chunk (float32)."""
+    z = logits.float()
+    kept = keep_weight != 0
+    onehot = torch.arange(z.size(1), device=z.device) == targets.clamp(min=0).unsqueeze(1)
+    z_t = z.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
+    lse = torch.logsumexp(z, dim=1)
+    if stablemax:
+        s = stablemax_s(z)
+        S = s.sum(1, keepdim=True)
+        ce = torch.log(S.squeeze(1)) - log_stablemax_s(z_t)
+    else:
+        ce = lse - z_t
+    # Row reductions first (they share the one read of z with logsumexp), then over rows.
+    stats = torch.stack([torch.where(kept, ce, 0).sum(), torch.where(kept, lse.square(), 0).sum(), z.sum(1).sum(),
+                         z.square().sum(1).sum(), z.amax(1).max(), kept.sum().float()])
+    if not with_grad:
+        return None, stats
+    w = keep_weight.unsqueeze(1)
+    if stablemax:
+        ds = torch.where(z >= 0, 1.0, torch.reciprocal((1 - z.clamp(max=0)).square()))  # s'(z)
+        ds_t = torch.reciprocal(1 + z_t.abs()).unsqueeze(1)                            # s'(z_t)/s(z_t)
+        grad = ds / S - onehot * ds_t
+    else:
+        p = torch.exp(z - lse.unsqueeze(1))
+        grad = p * (1 + 2 * z_gamma * lse).unsqueeze(1) - onehot.float()
+    return (grad * w).to(logits.dtype), stats
+
+
+_compiled_chunk = None
+
+
+def _chunk_fn(compiled: bool):
+    global _compiled_chunk
+    if not compiled:
+        return _chunk
+    if _compiled_chunk is None:
+        _compiled_chunk = torch.compile(_chunk, dynamic=False)
+    return _compiled_chunk
+
+
+class _HeadLoss(torch.autograd.Function):
+    """loss(h, W) with its gradient computed in the forward pass; backward only scales it."""
+
+    @staticmethod
+    def forward(ctx, h, W, targets, head: "LossHead"):
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        with torch.autocast(device, enabled=False):
+            return _HeadLoss._run(ctx, h, W, targets, head, dtype)
+
+    @staticmethod
+    def _run(ctx, h, W, targets, head, dtype):
+        grad_h, grad_W = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with_grad = grad_h or grad_W
+        hc, Wc = h.to(dtype), W.to(dtype)
+        keep = (targets != head.ignore_index)
+        keep_weight = keep.float() / keep.sum().clamp(min=1)  # mean over kept rows; no host sync
+        dh = torch.empty_like(hc) if grad_h else None
+        dW = torch.zeros_like(W, dtype=torch.float32) if grad_W else None
+        chunk = _chunk_fn(head.compiled)
+        stats = []
+        for start in range(0, h.size(0), head.chunk_rows):
+            rows = slice(start, start + head.chunk_rows)
+            logits = hc[rows] @ Wc.t()
+            g, st = chunk(logits, targets[rows], keep_weight[rows], head.stablemax, head.z_gamma, with_grad)
+            del logits
+            stats.append(st)
+            if grad_h:
+                torch.mm(g, Wc, out=dh[rows])
+            if grad_W:
+                dW.add_(g.t() @ hc[rows])
+        stats = torch.stack(stats)
+        totals = torch.cat([stats[:, :Z_MAX].sum(0), stats[:, Z_MAX].max().unsqueeze(0), stats[:, N_KEPT:].sum(0)])
+        n = totals[N_KEPT].clamp(min=1)
+        ce, lse_sq = totals[CE_SUM] / n, totals[LSE_SQ_SUM] / n
+        loss = ce + head.z_gamma * lse_sq if head.z_gamma else ce
+        ctx.save_for_backward(dh, dW)
+        ctx.h_dtype = h.dtype
+        ctx.mark_non_differentiable(totals)
+        return loss, totals
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_totals):
+        dh, dW = ctx.saved_tensors
+        return (None if dh is None else (dh * grad_loss).to(ctx.h_dtype),
+                None if dW is None else dW * grad_loss, None, None)
+
+
+@dataclass(frozen=True)
+class LossHead:
+    """What the head computes: softmax or StableMax cross-entropy, plus γ·mean(lse²) (z-loss)
+    when z_gamma > 0. ``compiled`` fuses each chunk's row math into a few kernels (GPU)."""
+    stablemax: bool = False
+    z_gamma: float = 0.0
+    chunk_rows: int = 8192
+    compiled: bool = False
+    ignore_index: int = -100
+
+    @classmethod
+    def for_mitigation(cls, mitigation, **kw) -> "LossHead":
+        """The head a run's method needs (mu-loss acts on E, outside the head: Mitigation.embedding_penalty)."""
+        return cls(stablemax=mitigation.stablemax, z_gamma=mitigation.gamma if "z-loss" in mitigation.components else 0.0, **kw)
+
+    def __post_init__(self):
+        if self.stablemax and self.z_gamma:
+            raise ValueError("z-loss penalises the softmax normaliser, which a StableMax head does not use")
+        if self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
+
+    @torch.compiler.disable  # runs eagerly between compiled graphs; its chunk math is compiled on its own
+    def __call__(self, h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """h [..., d] final hidden states, W [V, d] the LM head weight, targets [...].
+
+        Returns ``loss`` (differentiable: ce + z-loss), ``ce``, ``aux`` (the z-loss term), and
+        the logit diagnostics ``lse_sq_mean``, ``logit_mean``, ``logit_std``, ``logit_max``."""
+        loss, t = _HeadLoss.apply(h.reshape(-1, h.size(-1)), W, targets.reshape(-1), self)
+        n = t[N_KEPT].clamp(min=1)
+        n_logits = targets.numel() * W.size(0)  # a Python number: a tensor made from it would sync the host
+        mean = t[Z_SUM] / n_logits
+        ce = t[CE_SUM] / n
+        return {"loss": loss, "ce": ce, "aux": self.z_gamma * t[LSE_SQ_SUM] / n, "lse_sq_mean": t[LSE_SQ_SUM] / n, "logit_mean": mean,
+                "logit_std": (t[Z_SQ_SUM] / n_logits - mean.square()).clamp(min=0).sqrt(), "logit_max": t[Z_MAX]}
