@@ -57,3 +57,47 @@ def test_unknown_grid_is_a_clear_error():
                        env={**os.environ, "PYTHON": sys.executable})
     assert r.returncode != 0
     assert "no_such_grid" in r.stderr and "is neither a grid" in r.stderr
+
+
+FAKE_TRAINER = """#!/bin/bash
+# stands in for python: "-m nanoGPT.train CONFIG": records when it ran and on which GPU, fails for r3
+cfg=$(basename "$3" .toml)
+echo "start $cfg ${CUDA_VISIBLE_DEVICES:-none} $(date +%s.%N)" >> "$EVENTS"
+sleep 0.5
+echo "end $cfg ${CUDA_VISIBLE_DEVICES:-none} $(date +%s.%N)" >> "$EVENTS"
+echo "trained $cfg"
+[ "$cfg" != r3 ]
+"""
+
+
+@pytest.mark.parametrize("gpus,per_gpu", [("g0,g1", 1), ("g0", 2), ("g0,g1", 2)])
+def test_several_runs_at_once_never_overfill_a_gpu(tmp_path, gpus, per_gpu):
+    """The launcher's slots: at most RUNS_PER_GPU runs on each GPU at any time, every slot
+    used, every run's output in its log, and a failed run counted without stopping the rest."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(7):
+        (runs / f"r{i}.toml").write_text("")
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_TRAINER)
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "GPUS": gpus, "RUNS_PER_GPU": str(per_gpu), "LOG_DIR": str(tmp_path / "logs"),
+           "EVENTS": str(tmp_path / "events")}
+    r = subprocess.run(["bash", "scripts/0_run_training.sh", str(runs)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1] == f"stage 0: 7 runs, 1 failed: {runs}/r3.toml"
+    assert all((tmp_path / "logs" / f"r{i}.log").read_text() == f"trained r{i}\n" for i in range(7))
+    events = sorted((float(t), kind, cfg, gpu) for kind, cfg, gpu, t in (line.split() for line in (tmp_path / "events").read_text().splitlines()))
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    for _, kind, _, gpu in events:
+        running[gpu] = running.get(gpu, 0) + (1 if kind == "start" else -1)
+        peak[gpu] = max(peak.get(gpu, 0), running[gpu])
+    assert peak == {g: per_gpu for g in gpus.split(",")}
+    assert sorted(cfg for _, kind, cfg, _ in events if kind == "start") == [f"r{i}" for i in range(7)]
+
+
+def test_runs_per_gpu_must_be_a_positive_integer():
+    r = subprocess.run(["bash", "scripts/0_run_training.sh", "tiny_cpu"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHON": sys.executable, "RUNS_PER_GPU": "0"})
+    assert r.returncode == 2 and "RUNS_PER_GPU must be a positive integer" in r.stderr
