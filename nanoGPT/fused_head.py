@@ -27,14 +27,14 @@ import torch
 
 from .mitigations import log_stablemax_s, stablemax_s
 
-# Columns of the per-chunk statistics vector.
-CE_SUM, LSE_SQ_SUM, Z_SUM, Z_SQ_SUM, Z_MAX, N_KEPT = range(6)
+# Columns of the statistics vector (sums over kept rows, but Z_MAX; the logit moments over all rows).
+CE_SUM, LSE_SQ_SUM, Z_SUM, Z_SQ_SUM, Z_MAX, N_KEPT, SOFTMAX_CE_SUM = range(7)
 
 
 def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tensor, stablemax: bool, z_gamma: float,
            with_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Gradient of Σ_rows keep_weight·(ce + γ·lse²) w.r.t. the logits (in their dtype), and the
-    statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows] of the chunk (float32)."""
+    statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce] of the chunk (float32)."""
     z = logits.float()
     kept = keep_weight != 0
     onehot = torch.arange(z.size(1), device=z.device) == targets.clamp(min=0).unsqueeze(1)
@@ -48,7 +48,7 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
         ce = lse - z_t
     # Row reductions first (they share the one read of z with logsumexp), then over rows.
     stats = torch.stack([torch.where(kept, ce, 0).sum(), torch.where(kept, lse.square(), 0).sum(), z.sum(1).sum(),
-                         z.square().sum(1).sum(), z.amax(1).max(), kept.sum().float()])
+                         z.square().sum(1).sum(), z.amax(1).max(), kept.sum().float(), torch.where(kept, lse - z_t, 0).sum()])
     if not with_grad:
         return None, stats
     w = keep_weight.unsqueeze(1)
@@ -147,12 +147,15 @@ class LossHead:
     def __call__(self, h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """h [..., d] final hidden states, W [V, d] the LM head weight, targets [...].
 
-        Returns ``loss`` (differentiable: ce + z-loss), ``ce``, ``aux`` (the z-loss term), and
-        the logit diagnostics ``lse_sq_mean``, ``logit_mean``, ``logit_std``, ``logit_max``."""
+        Returns ``loss`` (differentiable: ce + z-loss), ``ce`` (of the head's own distribution),
+        ``ce_softmax`` (always softmax), ``aux`` (the z-loss term), the logit diagnostics
+        ``lse_sq_mean``, ``logit_mean``, ``logit_std``, ``logit_max``, and ``sums``, the raw
+        statistics vector (columns CE_SUM ... SOFTMAX_CE_SUM) to add up over batches."""
         loss, t = _HeadLoss.apply(h.reshape(-1, h.size(-1)), W, targets.reshape(-1), self)
         n = t[N_KEPT].clamp(min=1)
         n_logits = targets.numel() * W.size(0)  # a Python number: a tensor made from it would sync the host
         mean = t[Z_SUM] / n_logits
         ce = t[CE_SUM] / n
-        return {"loss": loss, "ce": ce, "aux": self.z_gamma * t[LSE_SQ_SUM] / n, "lse_sq_mean": t[LSE_SQ_SUM] / n, "logit_mean": mean,
+        return {"loss": loss, "ce": ce, "ce_softmax": t[SOFTMAX_CE_SUM] / n, "aux": self.z_gamma * t[LSE_SQ_SUM] / n,
+                "lse_sq_mean": t[LSE_SQ_SUM] / n, "logit_mean": mean, "sums": t,
                 "logit_std": (t[Z_SQ_SUM] / n_logits - mean.square()).clamp(min=0).sqrt(), "logit_max": t[Z_MAX]}

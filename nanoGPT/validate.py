@@ -26,7 +26,8 @@ from tqdm import tqdm
 from .checkpoint import CheckpointError, RunDirError, atomic_write, describe_os_error, load_checkpoint, read_status, write_json
 from .config import ConfigError, RunConfig, config_from_dict, load_config, load_toml
 from .data import DataError, eval_batches, resolve_shards
-from .mitigations import output_mean, softmax_cross_entropy_and_lse, stablemax_cross_entropy
+from .fused_head import CE_SUM, LSE_SQ_SUM, N_KEPT, SOFTMAX_CE_SUM, Z_SQ_SUM, Z_SUM, LossHead
+from .mitigations import output_mean
 from .model import GPT
 
 SPEC = "validation.toml"
@@ -87,37 +88,33 @@ def evaluate(run_dir: Path, device: str = "auto") -> dict:
     model.to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     stablemax = cfg.mitigation.stablemax
+    # The training loss head, without gradients: one chunked pass gives both cross-entropies
+    # and the logit statistics, and no batch's logits exist all at once. Eager: compiling
+    # would cost more than the seconds a validation budget takes.
+    head = LossHead(stablemax=stablemax)
 
-    sums = {"softmax": 0.0, "stablemax": 0.0, "logit_sum": 0.0, "logit_sq": 0.0, "lse_sq": 0.0}
-    n_tokens, n_logits, t0 = 0, 0, time.perf_counter()
+    sums, n_logits, t0 = None, 0, time.perf_counter()
     batches = eval_batches(resolve_shards(spec["val"]), spec["val_tokens"], spec["batch_size"], spec["seq_len"],
                            vocab_size=cfg.model.vocab_size, device=device)
     for x, y in tqdm(batches, desc=f"validating {run_dir.name}", leave=False, disable=not sys.stderr.isatty()):
         with autocast:
-            logits = model(x)
-        n = y.numel()
-        ce, lse = softmax_cross_entropy_and_lse(logits, y)
-        sums["softmax"] += ce.item() * n
-        if stablemax:
-            sums["stablemax"] += stablemax_cross_entropy(logits, y).item() * n
-        z = logits.float()
-        sums["logit_sum"] += z.sum().item()
-        sums["logit_sq"] += z.pow(2).sum().item()
-        sums["lse_sq"] += lse.pow(2).sum().item()
-        n_tokens += n
-        n_logits += z.numel()
+            t = model(x, y, loss_head=head)["sums"].double()
+        sums = t if sums is None else sums + t  # on the device: one sync at the end
+        n_logits += y.numel() * cfg.model.vocab_size
+    sums = sums.tolist()
 
-    softmax_ce = sums["softmax"] / n_tokens
-    test_loss = sums["stablemax"] / n_tokens if stablemax else softmax_ce
-    logit_mean = sums["logit_sum"] / n_logits
+    n_tokens = int(sums[N_KEPT])
+    softmax_ce = sums[SOFTMAX_CE_SUM] / n_tokens
+    test_loss = sums[CE_SUM] / n_tokens
+    logit_mean = sums[Z_SUM] / n_logits
     E, W = model.output_embedding.float(), model.wte.weight.float()
     result = {
         "test_loss": test_loss, "test_perplexity": math.exp(min(test_loss, 700.0)),
         "test_loss_kind": "stablemax" if stablemax else "softmax", "test_loss_softmax": softmax_ce,
         "val_tokens": n_tokens, "mu_out_norm": output_mean(E).norm().item(), "mu_in_norm": output_mean(W).norm().item(),
         "emb_out_norm": E.norm(dim=1).mean().item(), "emb_in_norm": W.norm(dim=1).mean().item(),
-        "logit_mean": logit_mean, "logit_std": math.sqrt(max(0.0, sums["logit_sq"] / n_logits - logit_mean ** 2)),
-        "lse_sq_mean": sums["lse_sq"] / n_tokens, "eval_seconds": time.perf_counter() - t0,
+        "logit_mean": logit_mean, "logit_std": math.sqrt(max(0.0, sums[Z_SQ_SUM] / n_logits - logit_mean ** 2)),
+        "lse_sq_mean": sums[LSE_SQ_SUM] / n_tokens, "eval_seconds": time.perf_counter() - t0,
     }
     write_json(run_dir / RESULT, result)
     return result

@@ -24,7 +24,6 @@ def shards(tmp_path_factory) -> dict[str, str]:
 def _tiny_sections(out_dir: Path, shards: dict[str, str]) -> dict:
     return {
         "out_dir": str(out_dir),
-        "out_dir": str(out_dir),
         "model": {"scale": "tiny"},
         "batch": {"batch_size": 4, "seq_len": 32},
         "schedule": {"max_steps": 12, "warmup_steps": 2, "min_lr": 1e-5},

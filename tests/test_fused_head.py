@@ -76,6 +76,8 @@ def test_parts_and_logit_statistics(kind):
     assert out["aux"].item() == pytest.approx(gamma * lse.pow(2).mean().item(), rel=1e-5, abs=1e-12)
     assert out["ce"].item() + out["aux"].item() == pytest.approx(out["loss"].item(), rel=1e-6)
     assert out["lse_sq_mean"].item() == pytest.approx(lse.pow(2).mean().item(), rel=1e-5)
+    softmax_ce = -torch.log_softmax(z[keep], 1).gather(1, t[keep].unsqueeze(1)).mean()
+    assert out["ce_softmax"].item() == pytest.approx(softmax_ce.item(), rel=1e-5)  # for StableMax heads too
     assert out["logit_mean"].item() == pytest.approx(z.mean().item(), abs=1e-5)
     assert out["logit_std"].item() == pytest.approx(z.std(unbiased=False).item(), rel=1e-5)
     assert out["logit_max"].item() == pytest.approx(z.max().item(), rel=1e-6)
