@@ -25,6 +25,7 @@ random.Random(20261123).shuffle(lines)
 open('data/debian_docs/shuffled.jsonl', 'w').writelines(lines)"
     python3 data/tokenize_corpus.py --files data/debian_docs/shuffled.jsonl --out data/debian_docs_tok --val-tokens 2000000 --workers 16
 fi
+sha256sum data/debian_docs_tok/*.bin   # compare with the README: the same shards as the first runs
 tar xzf "$here/runs.tgz"   # logs/ and output/repro_16M/<finished runs>
 python3 -m nanoGPT.config configs/grids/repro_16M.toml > /dev/null
 selected=()
