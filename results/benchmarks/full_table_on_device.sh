@@ -17,4 +17,4 @@ for s in "${scales[@]}"; do
     python3 scripts/benchmark.py --scales "$s" --warmup 2 --steps 1 --out /tmp/warm --stem "warm$s" > "/tmp/warm/$s.log" 2>&1 &
 done
 wait
-python3 scripts/benchmark.py --scales "${scales[@]}" --out "$OUT" --stem "benchmark_methods_${scales[*]// /_}"
+python3 scripts/benchmark.py --scales "${scales[@]}" --out "$OUT" --stem "benchmark_methods_$(IFS=_; echo "${scales[*]}")"
