@@ -39,7 +39,14 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     kept = keep_weight != 0
     onehot = torch.arange(z.size(1), device=z.device) == targets.clamp(min=0).unsqueeze(1)
     z_t = z.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
-    lse = torch.logsumexp(z, dim=1)
+    # log Σ exp z written as inductor's online-softmax pattern (max, x − max, exp, sum), which on
+    # the GPU computes the max and the sum in one read of z; torch.logsumexp's decomposition puts
+    # an inf guard between them and costs a read more. Logits are finite here: an inf makes the
+    # loss NaN, which the divergence monitor reports.
+    z_max = z.amax(1, keepdim=True)
+    exp_z = (z - z_max).exp()
+    sum_exp = exp_z.sum(1, keepdim=True)
+    lse = (z_max + sum_exp.log()).squeeze(1)
     if stablemax:
         s = stablemax_s(z)
         S = s.sum(1, keepdim=True)
@@ -48,7 +55,7 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
         ce = lse - z_t
     # Row reductions first (they share the one read of z with logsumexp), then over rows.
     stats = torch.stack([torch.where(kept, ce, 0).sum(), torch.where(kept, lse.square(), 0).sum(), z.sum(1).sum(),
-                         z.square().sum(1).sum(), z.amax(1).max(), kept.sum().float(), torch.where(kept, lse - z_t, 0).sum()])
+                         z.square().sum(1).sum(), z_max.max(), kept.sum().float(), torch.where(kept, lse - z_t, 0).sum()])
     if not with_grad:
         return None, stats
     w = keep_weight.unsqueeze(1)
@@ -57,8 +64,7 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
         ds_t = torch.reciprocal(1 + z_t.abs()).unsqueeze(1)                            # s'(z_t)/s(z_t)
         grad = ds / S - onehot * ds_t
     else:
-        p = torch.exp(z - lse.unsqueeze(1))
-        grad = p * (1 + 2 * z_gamma * lse).unsqueeze(1) - onehot.float()
+        grad = exp_z / sum_exp * (1 + 2 * z_gamma * lse).unsqueeze(1) - onehot.float()
     return (grad * w).to(logits.dtype), stats
 
 
