@@ -37,7 +37,6 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce] of the chunk (float32)."""
     z = logits.float()
     kept = keep_weight != 0
-    onehot = torch.arange(z.size(1), device=z.device) == targets.clamp(min=0).unsqueeze(1)
     z_t = z.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
     # log Σ exp z written as inductor's online-softmax pattern (max, x − max, exp, sum), which on
     # the GPU computes the max and the sum in one read of z; torch.logsumexp's decomposition puts
@@ -53,12 +52,13 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
         ce = torch.log(S.squeeze(1)) - log_stablemax_s(z_t)
     else:
         ce = lse - z_t
-    # Row reductions first (they share the one read of z with logsumexp), then over rows.
+    # Row reductions first (they share the read of z with the log-sum-exp), then over rows.
     stats = torch.stack([torch.where(kept, ce, 0).sum(), torch.where(kept, lse.square(), 0).sum(), z.sum(1).sum(),
                          z.square().sum(1).sum(), z_max.max(), kept.sum().float(), torch.where(kept, lse - z_t, 0).sum()])
     if not with_grad:
         return None, stats
     w = keep_weight.unsqueeze(1)
+    onehot = torch.arange(z.size(1), device=z.device) == targets.clamp(min=0).unsqueeze(1)
     if stablemax:
         ds = torch.where(z >= 0, 1.0, torch.reciprocal((1 - z.clamp(max=0)).square()))  # s'(z)
         ds_t = torch.reciprocal(1 + z_t.abs()).unsqueeze(1)                            # s'(z_t)/s(z_t)
