@@ -34,16 +34,21 @@ CE_SUM, LSE_SQ_SUM, Z_SUM, Z_SQ_SUM, Z_MAX, N_KEPT, SOFTMAX_CE_SUM = range(7)
 def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tensor, stablemax: bool, z_gamma: float,
            with_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Gradient of Σ_rows keep_weight·(ce + γ·lse²) w.r.t. the logits (in their dtype), and the
-    statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce] of the chunk (float32)."""
+    statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce] of the chunk (float32).
+
+    Written for both of its uses: compiled on the GPU, where inductor fuses it into a reduction
+    and a pointwise kernel, and eager on the CPU, where every [rows, V] temporary is a pass over
+    memory (hence the in-place products, and a scatter for the target entries when eager)."""
     z = logits.float()
     kept = keep_weight != 0
-    z_t = z.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
+    t = targets.clamp(min=0).unsqueeze(1)
+    z_t = z.gather(1, t).squeeze(1)
     # log Σ exp z written as inductor's online-softmax pattern (max, x − max, exp, sum), which on
     # the GPU computes the max and the sum in one read of z; torch.logsumexp's decomposition puts
     # an inf guard between them and costs a read more. Logits are finite here: an inf makes the
     # loss NaN, which the divergence monitor reports.
     z_max = z.amax(1, keepdim=True)
-    exp_z = (z - z_max).exp()
+    exp_z = torch.sub(z, z_max).exp_()
     sum_exp = exp_z.sum(1, keepdim=True)
     lse = (z_max + sum_exp.log()).squeeze(1)
     if stablemax:
@@ -54,18 +59,23 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
         ce = lse - z_t
     # Row reductions first (they share the read of z with the log-sum-exp), then over rows.
     stats = torch.stack([torch.where(kept, ce, 0).sum(), torch.where(kept, lse.square(), 0).sum(), z.sum(1).sum(),
-                         z.square().sum(1).sum(), z_max.max(), kept.sum().float(), torch.where(kept, lse - z_t, 0).sum()])
+                         torch.linalg.vector_norm(z, dim=1).square().sum(), z_max.max(), kept.sum().float(),
+                         torch.where(kept, lse - z_t, 0).sum()])
     if not with_grad:
         return None, stats
     w = keep_weight.unsqueeze(1)
-    onehot = torch.arange(z.size(1), device=z.device) == targets.clamp(min=0).unsqueeze(1)
     if stablemax:
-        ds = torch.where(z >= 0, 1.0, torch.reciprocal((1 - z.clamp(max=0)).square()))  # s'(z)
-        ds_t = torch.reciprocal(1 + z_t.abs()).unsqueeze(1)                            # s'(z_t)/s(z_t)
-        grad = ds / S - onehot * ds_t
+        # s'(z) = 1 for z ≥ 0 and 1/(1 − z)² = s(z)² below; the target's term is s'(z_t)/s(z_t) = 1/(1 + |z_t|)
+        grad = torch.where(z >= 0, 1.0, s * s).mul_(w / S)
+        target_term = w * torch.reciprocal(1 + z_t.abs()).unsqueeze(1)
     else:
-        grad = exp_z / sum_exp * (1 + 2 * z_gamma * lse).unsqueeze(1) - onehot.float()
-    return (grad * w).to(logits.dtype), stats
+        grad = exp_z.mul_(w * (1 + 2 * z_gamma * lse).unsqueeze(1) / sum_exp)  # w · softmax · (1 + 2γ·lse)
+        target_term = w
+    if torch.compiler.is_compiling():  # one fused pointwise kernel
+        grad = grad - (torch.arange(z.size(1), device=z.device) == t) * target_term
+    else:  # eager: touch only the target entries
+        grad.scatter_add_(1, t, -target_term)
+    return grad.to(logits.dtype), stats
 
 
 _compiled_chunk = None
