@@ -54,7 +54,9 @@ def progress(run_dir: Path) -> dict:
            "diverged": state == "diverged", "diverged_at_step": status.get("diverged_at_step"),
            "last_finite_loss": status.get("last_finite_loss")}
     if log:
-        row["initial_loss"] = log[0]["loss"] if log[0]["step"] == 0 else None
+        # ℓ₀ of the sensitivity: the model's own cross-entropy at initialisation, without the
+        # regulariser (z-loss's γ·lse² is part of "loss"); logs from before "ce" have only "loss"
+        row["initial_loss"] = log[0].get("ce", log[0]["loss"]) if log[0]["step"] == 0 else None
         row["last_train_loss"] = log[-1]["loss"]
         speeds = sorted(r["tokens_per_s"] for r in log[1:] or log if isinstance(r.get("tokens_per_s"), (int, float)))
         row["tokens_per_s"] = speeds[len(speeds) // 2] if speeds else None  # median: the first log step includes compilation

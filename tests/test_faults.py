@@ -299,6 +299,19 @@ def test_aggregate_reports_divergence_and_the_lr_sensitivity_caps_it_at_the_init
     assert run.diverged and capped_loss(run, run.initial_loss) == run.initial_loss
 
 
+def test_initial_loss_is_the_plain_cross_entropy_without_the_regulariser(tmp_path, shards):
+    """ℓ₀ caps diverged runs at the loss of an untrained model; a z-loss run's step-0 "loss"
+    also holds γ·mean(lse²) (about 1.2 here), which is not a loss of the model's predictions."""
+    cfg = tiny_run(tmp_path, shards, method={"name": "z-loss", "gamma": 1e-2}, schedule={"max_steps": 2, "warmup_steps": 1})
+    assert train_mod.train(cfg) == "finished"
+    first = read_log(cfg.run_dir / "log.jsonl")[0]
+    assert first["loss"] - first["ce"] > 1.0
+    out = tmp_path / "loss_overview.csv"
+    assert aggregate.main([str(cfg.run_dir.parent), "--out", str(out)]) == 0
+    (row,) = csv.DictReader(out.open())
+    assert float(row["initial_loss"]) == pytest.approx(first["ce"])
+
+
 # ----------------------------------------------------------------------------- bad input
 def llmc_shard(path: Path, tokens: np.ndarray) -> None:
     """An llm.c shard: its header does not say the tokenizer's vocab (word 3 is 0)."""
