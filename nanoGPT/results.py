@@ -6,15 +6,16 @@
 
 Writes into DIR (default: ``results/`` next to the CSV) the figures (PNG and PDF) ``loss_vs_lr``,
 ``lr_sensitivity``, ``relative_time`` and ``curves_<scale>``, the tables (Markdown and LaTeX)
-``completeness``, ``lr_sensitivity``, ``best``, ``relative_time`` and, for the published
+``completeness``, ``lr_sensitivity``, ``best``, ``relative_time``, ``divergence_<scale>`` (‖μ‖ of
+the output embeddings and the mean logit at the end of each run) and, for the published
 scales, ``vs_published`` (and ``vs_published_16M_lrs``), and ``REPORT.md`` embedding them.
 
 How the numbers are made:
 - A run's final loss is its ``test_loss``. A diverged run (or one whose test loss is not
   finite) counts as ℓ₀, and every loss is capped at ℓ₀ (METHODS.md's LRS definition).
 - ℓ₀ of a (scale, method) is the largest ``initial_loss`` of its runs (the same for every lr
-  of one seed: same initial weights and first batch; it is the optimised loss, so for z-loss
-  and mu-loss it includes the regulariser, ~0.01 at init); if none of them logged one, the
+  of one seed: same initial weights and first batch; the cross-entropy at step 0, without a
+  regulariser; older logs without ``ce`` give their optimised loss); if none of them logged one, the
   largest of the scale; if no run of the scale did, ln(50304), the loss of a uniform
   prediction over the padded GPT-2 vocabulary, which the logged initial losses sit at.
 - Seeds of one (scale, method, lr) are averaged (their capped losses).
@@ -84,6 +85,8 @@ class Run:
     tokens: int
     diverged: bool
     loss_kind: str
+    mu_out_norm: float = math.nan  # of the final weights (validation.json)
+    logit_mean: float = math.nan   # over the validation tokens' logits
 
     @property
     def final(self) -> bool:
@@ -117,7 +120,8 @@ def read_runs(path: Path) -> list[Run]:
                 lr=_float(r["lr"]), seed=int(_float(r.get("seed"), 0)), test_loss=_float(r["test_loss"]),
                 initial_loss=_float(r.get("initial_loss")), time=_float(r.get("time")), steps=int(_float(r.get("steps"), 0)),
                 tokens=int(_float(r.get("tokens"), 0)), diverged=r["status"] == "diverged" or r.get("diverged") == "True",
-                loss_kind=r.get("test_loss_kind") or "")
+                loss_kind=r.get("test_loss_kind") or "", mu_out_norm=_float(r.get("mu_out_norm")),
+                logit_mean=_float(r.get("logit_mean")))
             for r in rows]
 
 
@@ -309,6 +313,26 @@ def write_table(out: Path, stem: str, table: Table) -> str:
     (out / f"{stem}.md").write_text(md)
     (out / f"{stem}.tex").write_text(latex_table(table))
     return md
+
+
+def divergence_table(series: list[Series], scale: str) -> Table:
+    """Rows: methods; columns: the scale's lrs; cells "‖μ‖ / mean logit" at the end of training,
+    averaged over seeds, once every seed has them ("diverged" and "—" otherwise)."""
+    rows = []
+    for s in (s for s in series if s.scale == scale):
+        cells = []
+        for lr in s.lrs:
+            runs = s.runs.get(lr, [])
+            if runs and any(r.diverged for r in runs):
+                cells.append("diverged")
+            elif runs and all(math.isfinite(r.mu_out_norm) and math.isfinite(r.logit_mean) for r in runs):
+                mu, zbar = (sum(getattr(r, k) for r in runs) / len(runs) for k in ("mu_out_norm", "logit_mean"))
+                cells.append(f"{mu:.2f} / {zbar:+.2f}")
+            else:
+                cells.append("—")
+        rows.append([s.label] + cells)
+    lrs = next((s.lrs for s in series if s.scale == scale), [])
+    return ["method"] + [f"lr {lr:g}" for lr in lrs], rows
 
 
 def _per_scale(series: list[Series], cell, labels: list[str] | None = None) -> Table:
@@ -635,6 +659,11 @@ def write_report(csv_path: Path, out: Path, runs_dir: Path, patterns: list[str])
               "Training seconds relative to the baseline at the same scale and lr, averaged over the lrs where both "
               "trained to the end (k/K when not all). Comparable only for runs on the same hardware, one at a time.", "",
               write_table(out, "relative_time", time_table(series)), figure_md(time_figure(series, out), "relative time")]
+    lines += ["## Logit divergence at the end of training", "",
+              "‖μ‖ of the output embeddings / mean logit over the validation tokens, per lr (seeds averaged); the "
+              "drift the mitigations act on (mu-centering holds both at 0):", ""]
+    for sc in scales_of(series):
+        lines += [f"{sc}:", "", write_table(out, f"divergence_{sc}", divergence_table(series, sc))]
     lines += published_section(series, runs, out)
     lines += curves_section(chosen, runs_dir, series, out, patterns)
     report = out / "REPORT.md"

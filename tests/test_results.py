@@ -60,6 +60,15 @@ def run_name(scale, method, lr, seed):
     return f"wor-{scale}-{method}-lr{lr:g}-s{seed}"
 
 
+def divergence_columns(method, lr, seed, status) -> dict:
+    """validation.json's ‖μ‖ and mean logit, for validated runs: mu-centering at 0, the rest
+    drifting with the lr (and the seed, so that averaging shows)."""
+    if status != "done":
+        return {}
+    drift = 0.0 if method == "mu-centering" else 1000 * lr + seed - 1
+    return {"mu_out_norm": drift, "logit_mean": -drift / 4}
+
+
 def write_overview(path: Path, grid=GRID) -> Path:
     """A loss_overview.csv with the aggregation's columns plus one it does not write yet (tolerated)."""
     columns = aggregate.COLUMNS + ["a_future_column"]
@@ -71,7 +80,8 @@ def write_overview(path: Path, grid=GRID) -> Path:
             w.writerow({"name": run_name(scale, method, lr, seed), "test_loss": cell(loss), "status": status,
                         "diverged": status == "diverged", "method": method, "scale": scale, "lr": lr,
                         "gamma": 1e-4 if method == "z-loss" else 0.0, "seed": seed, "steps": STEPS, "tokens": TOKENS,
-                        "time": cell(time), "initial_loss": cell(init), "test_loss_kind": "softmax", "a_future_column": 5.0})
+                        "time": cell(time), "initial_loss": cell(init), "test_loss_kind": "softmax", "a_future_column": 5.0,
+                        **divergence_columns(method, lr, seed, status)})
     return path
 
 
@@ -331,3 +341,19 @@ def test_a_run_without_a_learning_rate_is_named_and_left_out(tmp_path, capsys):
     runs = results.read_runs(path)
     assert "broken-run" not in {r.name for r in runs} and len(runs) == len(GRID)
     assert "run broken-run (corrupt: config.toml unreadable) has no learning rate" in capsys.readouterr().err
+
+
+def test_divergence_table_shows_the_drift_per_lr(synthetic, tmp_path):
+    csv_path, runs, _ = synthetic
+    series = results.build_series(runs)
+    header, rows = results.divergence_table(series, "16M")
+    assert header == ["method", "lr 0.001", "lr 0.003", "lr 0.01", "lr 0.03"]
+    cells = {row[0]: row[1:] for row in rows}
+    # baseline at 3e-3 averages seeds 1 and 2: ‖μ‖ (3 + 4) / 2 = 3.5, logit mean −0.875
+    assert cells["baseline"] == ["1.00 / -0.25", "3.50 / -0.88", "10.00 / -2.50", "diverged"]
+    assert cells["mu-centering"] == ["0.00 / +0.00", "0.00 / +0.00", "0.00 / +0.00", "diverged"]
+    assert cells["mu-loss"] == ["1.00 / -0.25", "—", "—", "—"]  # running, trained-not-validated, missing
+    report = results.write_report(csv_path, tmp_path / "out", csv_path.parent, [])
+    text = report.read_text()
+    assert "## Logit divergence at the end of training" in text and "| baseline | 1.00 / -0.25 | 3.50 / -0.88 |" in text
+    assert (tmp_path / "out" / "divergence_29M.tex").exists()
