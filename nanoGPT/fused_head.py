@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .mitigations import log_stablemax_s, stablemax_s
+from .mitigations import compiled, log_stablemax_s, stablemax_s
 
 # Columns of the statistics vector (sums over kept rows, but Z_MAX; the logit moments over all rows).
 CE_SUM, LSE_SQ_SUM, Z_SUM, Z_SQ_SUM, Z_MAX, N_KEPT, SOFTMAX_CE_SUM = range(7)
@@ -78,18 +78,6 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     return grad.to(logits.dtype), stats
 
 
-_compiled_chunk = None
-
-
-def _chunk_fn(compiled: bool):
-    global _compiled_chunk
-    if not compiled:
-        return _chunk
-    if _compiled_chunk is None:
-        _compiled_chunk = torch.compile(_chunk, dynamic=False)
-    return _compiled_chunk
-
-
 class _HeadLoss(torch.autograd.Function):
     """loss(h, W) with its gradient computed in the forward pass; backward only scales it."""
 
@@ -109,7 +97,7 @@ class _HeadLoss(torch.autograd.Function):
         keep_weight = keep.float() / keep.sum().clamp(min=1)  # mean over kept rows; no host sync
         dh = torch.empty_like(hc) if grad_h else None
         dW = torch.zeros_like(W, dtype=torch.float32) if grad_W else None
-        chunk = _chunk_fn(head.compiled)
+        chunk = compiled(_chunk) if head.compiled else _chunk
         stats = []
         for start in range(0, h.size(0), head.chunk_rows):
             rows = slice(start, start + head.chunk_rows)

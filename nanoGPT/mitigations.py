@@ -143,10 +143,11 @@ _compiled: dict[str, object] = {}
 
 
 def compiled(fn):
-    """fn under torch.compile, built once per process: the GPU path of the per-step updates,
-    which fuses their many small kernels (one per parameter, or reduction + update) into few."""
+    """fn under torch.compile, built once per process: the GPU path of the per-step math (the
+    loss head's chunks, ⊥Grad, mu-centering), which fuses its many small kernels into few. Its
+    shapes are fixed for a run, so the graphs are static (dynamic=False)."""
     if fn.__name__ not in _compiled:
-        _compiled[fn.__name__] = torch.compile(fn)
+        _compiled[fn.__name__] = torch.compile(fn, dynamic=False)
     return _compiled[fn.__name__]
 
 
