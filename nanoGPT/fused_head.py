@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .mitigations import compiled, log_stablemax_s, stablemax_s
+from .mitigations import IGNORE_INDEX, compiled, log_stablemax_s, stablemax_s
 
 # Columns of the statistics vector (sums over kept rows, but Z_MAX; the logit moments over all rows).
 CE_SUM, LSE_SQ_SUM, Z_SUM, Z_SQ_SUM, Z_MAX, N_KEPT, SOFTMAX_CE_SUM = range(7)
@@ -134,7 +134,7 @@ class LossHead:
     z_gamma: float = 0.0
     chunk_rows: int = 8192
     compiled: bool = False
-    ignore_index: int = -100
+    ignore_index: int = IGNORE_INDEX
 
     @classmethod
     def for_mitigation(cls, mitigation, **kw) -> "LossHead":

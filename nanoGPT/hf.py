@@ -42,9 +42,8 @@ except ImportError as e:  # the extra is optional: say how to get it
     raise ImportError('nanoGPT.hf needs Hugging Face Transformers: pip install -e ".[hf]"') from e
 
 from .data import TokenStream
-from .mitigations import METHODS, MethodError, Mitigation, OrthoGrad, mu_center_, softmax_cross_entropy_and_lse
+from .mitigations import IGNORE_INDEX, METHODS, MethodError, Mitigation, OrthoGrad, mu_center_, softmax_cross_entropy_and_lse
 
-IGNORE_INDEX = -100  # Hugging Face's label for "no target here"
 _NEEDS_E = ("mu-loss", "mu-centering")  # act on the output embedding matrix itself
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 ORTHOGRAD_EPS = 1e-30  # as in the reference implementation
+IGNORE_INDEX = -100    # the target of a position without one (PyTorch's and Hugging Face's convention)
 
 
 # ----------------------------------------------------------------------------- StableMax
@@ -50,7 +51,7 @@ def log_stablemax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return log_stablemax_s(z) - torch.log(stablemax_s(z).sum(dim, keepdim=True))
 
 
-def stablemax_cross_entropy(z: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def stablemax_cross_entropy(z: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean over tokens of −log_stablemax(z)[target]; z is [..., V], targets [...]."""
     z = z.reshape(-1, z.size(-1)).float()
     targets = targets.reshape(-1)
@@ -94,7 +95,7 @@ class StableMaxCrossEntropyLoss(nn.Module):
     nn.CrossEntropyLoss's [N, C, ...]; targets are the matching [...] class ids.
     """
 
-    def __init__(self, ignore_index: int = -100):
+    def __init__(self, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.ignore_index = ignore_index
 
@@ -106,7 +107,7 @@ class StableMaxCrossEntropyLoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------- softmax terms
-def softmax_cross_entropy_and_lse(z: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+def softmax_cross_entropy_and_lse(z: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain CE and the per-token log-partition log Z = logsumexp(z) of the kept tokens,
     sharing one logsumexp."""
     z = z.reshape(-1, z.size(-1)).float()
@@ -335,7 +336,7 @@ class Mitigation:
         of the softmax, a diagnostic; for StableMax runs also computed, detached)."""
         if self.stablemax:
             ce = stablemax_cross_entropy(logits, targets)
-            lse = torch.logsumexp(logits.detach().float(), dim=-1).reshape(-1)[targets.reshape(-1) != -100]
+            lse = torch.logsumexp(logits.detach().float(), dim=-1).reshape(-1)[targets.reshape(-1) != IGNORE_INDEX]
         else:
             ce, lse = softmax_cross_entropy_and_lse(logits, targets)
         if "z-loss" in self.components:
