@@ -256,6 +256,21 @@ def forward_loss(ddp, model: GPT, x: torch.Tensor, y: torch.Tensor, head: LossHe
     return loss, aux, out
 
 
+def optimizer_update(model: GPT, optimizer: torch.optim.Optimizer, mitigation, monitor: DivergenceMonitor, step: int,
+                     loss: torch.Tensor, clip: float, compile: bool, world_size: int = 1) -> torch.Tensor:
+    """What follows a step's backward passes: clip the gradients, judge divergence, step the
+    optimizer (⊥Grad inside it), mu-center, clear the gradients. Returns the unclipped norm;
+    with several ranks, ``loss`` is averaged over them in place."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if world_size > 1:  # every rank must judge the same loss, or they would stop at different steps and hang
+        dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+    monitor.update(step, loss, grad_norm)
+    optimizer.step()
+    mitigation.after_step(model.output_embedding, compile=compile)
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def train(cfg: RunConfig) -> str:
     """Train (or resume, or skip if finished) one run; returns the final state."""
     device_kind, dtype, use_compile = resolve_device(cfg)
@@ -340,13 +355,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
             loss_sum += loss.detach() / accum
             parts["ce"] += out["ce"] / accum
             parts["aux"] += aux / accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if dd.world_size > 1:  # every rank must judge the same loss, or they would stop at different steps and hang
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        monitor.update(step, loss_sum, grad_norm)
-        optimizer.step()
-        mitigation.after_step(model.output_embedding, compile=use_compile)
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_update(model, optimizer, mitigation, monitor, step, loss_sum, clip, use_compile, dd.world_size)
         steps_since_log += 1
 
         last = step == s.max_steps - 1

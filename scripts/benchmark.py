@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from nanoGPT.config import load_config  # noqa: E402
 from nanoGPT.fused_head import LossHead  # noqa: E402
 from nanoGPT.model import GPT, flops_per_token, get_scale  # noqa: E402
-from nanoGPT.train import DivergenceMonitor, build_optimizer, forward_loss  # noqa: E402
+from nanoGPT.train import DivergenceMonitor, build_optimizer, forward_loss, optimizer_update  # noqa: E402
 
 GAMMA = {"z-loss": 1e-4, "mu-loss": 1e-1}
 METHODS = ["baseline", "z-loss", "mu-loss", "mu-centering", "stablemax", "orthograd"]
@@ -91,11 +91,7 @@ def build_step(scale: str, method: str, micro: int, head_kind: str):
             else:
                 loss, _, _ = forward_loss(fwd, model, x, y, head, mit)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        monitor.update(i, loss.detach(), grad_norm)
-        opt.step()
-        mit.after_step(model.output_embedding, compile=True)
-        opt.zero_grad(set_to_none=True)
+        optimizer_update(model, opt, mit, monitor, i, loss.detach(), 1.0, compile=True)
 
     return cfg, step
 
