@@ -9,7 +9,7 @@
 # on-disk cache. Then the timed invocation runs one configuration at a time from that cache,
 # and every ratio comes from the same machine state.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 mkdir -p /tmp/warm
 scales=("$@"); [ $# -gt 0 ] || scales=(16M 29M 57M 109M 221M)

@@ -15,16 +15,9 @@
 set -euo pipefail
 budget=${1:?usage: continue_on_device.sh SECONDS [PATTERN ...]}; shift
 here=results/repro_16M
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHON=python3
-if [ ! -d data/debian_docs_tok ]; then
-    python3 -c "
-import lzma, random
-lines = lzma.open('data/debian_docs/debian_docs.jsonl.xz', 'rt').read().splitlines(True)
-random.Random(20261123).shuffle(lines)
-open('data/debian_docs/shuffled.jsonl', 'w').writelines(lines)"
-    python3 data/tokenize_corpus.py --files data/debian_docs/shuffled.jsonl --out data/debian_docs_tok --val-tokens 2000000 --workers 16
-fi
+bash $here/make_shards.sh
 sha256sum data/debian_docs_tok/*.bin   # compare with the README: the same shards as the first runs
 tar xzf "$here/runs.tgz"   # logs/ and output/repro_16M/<finished runs>
 python3 -m nanoGPT.config configs/grids/repro_16M.toml > /dev/null
