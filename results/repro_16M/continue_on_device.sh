@@ -41,8 +41,15 @@ pkill -TERM -f "nanoGPT.train" || true  # timeout stops the stage, not the runs 
 while pgrep -f "nanoGPT.train" > /dev/null; do sleep 1; done
 echo quit | nvidia-cuda-mps-control
 
-bash scripts/1_prepare_validation.sh "${selected[@]}" > /dev/null
-bash scripts/2_run_validation.sh "${selected[@]}" || true   # an unfinished run has no spec: reported, not fatal
+finished=()   # only these have a final checkpoint; stage 1 refuses the others, and set -e would stop here
+for cfg in "${selected[@]}"; do
+    grep -qs '"state": "finished"' "output/repro_16M/$(basename "$cfg" .toml)/status.json" && finished+=("$cfg")
+done
+echo "${#finished[@]} of ${#selected[@]} finished training"
+if [ "${#finished[@]}" -gt 0 ]; then
+    bash scripts/1_prepare_validation.sh "${finished[@]}" > /dev/null
+    bash scripts/2_run_validation.sh "${finished[@]}"
+fi
 bash scripts/3_aggregate.sh repro_16M | tail -2
 tar czf "$OUT/runs.tgz" --exclude='ckpt*' --exclude=train.lock logs output/repro_16M
 cp output/repro_16M/loss_overview.csv "$OUT/"
