@@ -17,7 +17,8 @@ The same pass sums what the published runs log about the logits (Σz, Σz², max
 so the diagnostics cost no extra read of the logits.
 
 The matrix products run in the autocast dtype when autocast is on (bf16 on the GPU, as the
-unchunked head would), the per-row math always in float32.
+unchunked head would), the per-row math in float32 (float64 for a float64 model, so that
+float64 checks of the training loop are exact).
 """
 from __future__ import annotations
 
@@ -34,12 +35,13 @@ CE_SUM, LSE_SQ_SUM, Z_SUM, Z_SQ_SUM, Z_MAX, N_KEPT, SOFTMAX_CE_SUM = range(7)
 def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tensor, stablemax: bool, z_gamma: float,
            with_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Gradient of Σ_rows keep_weight·(ce + γ·lse²) w.r.t. the logits (in their dtype), and the
-    statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce] of the chunk (float32).
+    statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce] of the chunk, both in
+    keep_weight's dtype (the row math's: float32, float64 for a float64 model).
 
     Written for both of its uses: compiled on the GPU, where inductor fuses it into a reduction
     and a pointwise kernel, and eager on the CPU, where every [rows, V] temporary is a pass over
     memory (hence the in-place products, and a scatter for the target entries when eager)."""
-    z = logits.float()
+    z = logits.to(keep_weight.dtype)
     kept = keep_weight != 0
     t = targets.clamp(min=0).unsqueeze(1)
     z_t = z.gather(1, t).squeeze(1)
@@ -59,7 +61,7 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
         ce = lse - z_t
     # Row reductions first (they share the read of z with the log-sum-exp), then over rows.
     stats = torch.stack([torch.where(kept, ce, 0).sum(), torch.where(kept, lse.square(), 0).sum(), z.sum(1).sum(),
-                         torch.linalg.vector_norm(z, dim=1).square().sum(), z_max.max(), kept.sum().float(),
+                         torch.linalg.vector_norm(z, dim=1).square().sum(), z_max.max(), kept.sum().to(z.dtype),
                          torch.where(kept, lse - z_t, 0).sum()])
     if not with_grad:
         return None, stats
@@ -94,9 +96,10 @@ class _HeadLoss(torch.autograd.Function):
         with_grad = grad_h or grad_W
         hc, Wc = h.to(dtype), W.to(dtype)
         keep = (targets != head.ignore_index)
-        keep_weight = keep.float() / keep.sum().clamp(min=1)  # mean over kept rows; no host sync
+        math_dtype = torch.promote_types(dtype, torch.float32)  # of the per-row math and of dW
+        keep_weight = keep.to(math_dtype) / keep.sum().clamp(min=1)  # mean over kept rows; no host sync
         dh = torch.empty_like(hc) if grad_h else None
-        dW = torch.zeros_like(W, dtype=torch.float32) if grad_W else None
+        dW = torch.zeros_like(W, dtype=math_dtype) if grad_W else None
         chunk = compiled(_chunk) if head.compiled else _chunk
         stats = []
         for start in range(0, h.size(0), head.chunk_rows):
