@@ -1,6 +1,7 @@
 """Results: loss_overview.csv -> figures, tables and a report a researcher reads.
 
     python -m nanoGPT.results output/<grid>/loss_overview.csv [--out DIR] [--runs-dir DIR] [--curves PATTERN ...]
+                                                            [--no-time REASON]
     python -m nanoGPT.results output/<grid>                     # the folder holding loss_overview.csv
     python -m nanoGPT.results configs/runs/<grid>/*.toml        # the loss_overview.csv of the runs' out_dir
 
@@ -24,6 +25,9 @@ How the numbers are made:
   (scale, method) with an unfinished lr is never computed: the tables say "—" with k/K, the
   LRS and time figures leave it out, the loss-vs-lr figure draws its finished lrs dashed,
   and REPORT.md opens by listing what is missing.
+- Wall-clock times compare only runs that had the same hardware to themselves. When they did
+  not (several runs shared a GPU, or the code changed between runs), ``--no-time REASON``
+  leaves the time table and figure out and says why in their place.
 - Training curves (train cross-entropy, ‖μ‖ of the output embedding, logit mean) come from
   each chosen run's log.jsonl; by default every method at the largest lr of each scale.
 """
@@ -388,7 +392,7 @@ def published_scales(series: list[Series]) -> list[str]:
     return [sc for sc in scales_of(series) if sc in PUBLISHED_BEST_LOSS]
 
 
-def published_table(series: list[Series]) -> Table:
+def published_table(series: list[Series], times_comparable: bool = True) -> Table:
     """Ours next to the published numbers, for every published scale and method we ran."""
     by_key = lookup(series)
     header = ["scale", "method", "best loss (ours)", "best loss (published)", "LRS (ours)", "LRS (published)",
@@ -403,7 +407,8 @@ def published_table(series: list[Series]) -> Table:
             pub_time = PUBLISHED_EXTRA_TIME_PCT.get(sc, (None,) * 4)[i]
             rows.append([sc, method, _incomplete(s) if b is None else f"{b[0]:.3f}", f"{PUBLISHED_BEST_LOSS[sc][i]:.2f}",
                          _incomplete(s) if value is None else f"{value:.3f}", f"{PUBLISHED_LRS_VALUE[sc][i]:.3f}",
-                         "—" if method == "baseline" else _time_text(s, by_key.get((sc, "baseline"))),
+                         "—" if method == "baseline" else (_time_text(s, by_key.get((sc, "baseline")))
+                                                           if times_comparable else "not comparable"),
                          "—" if pub_time is None else f"{pub_time:+.1f}%"])
     return header, rows
 
@@ -592,7 +597,7 @@ def figure_md(stem: str, alt: str) -> str:
     return f"![{alt}]({stem}.png)\n\n[PDF]({stem}.pdf)\n"
 
 
-def published_section(series: list[Series], runs: list[Run], out: Path) -> list[str]:
+def published_section(series: list[Series], runs: list[Run], out: Path, times_comparable: bool = True) -> list[str]:
     if not published_scales(series):
         return []
     lines = ["## Ours vs published", "",
@@ -604,7 +609,7 @@ def published_section(series: list[Series], runs: list[Run], out: Path) -> list[
         if tuple(ours) != PUBLISHED_LRS:
             lines += [f"At {sc} our lr grid ({', '.join(f'{x:g}' for x in ours)}) is not the published one: "
                       "LRS values over different grids are not comparable.", ""]
-    lines += [write_table(out, "vs_published", published_table(series))]
+    lines += [write_table(out, "vs_published", published_table(series, times_comparable))]
     if "16M" in published_scales(series):
         lines += ["", "16M, final loss at each published lr († some seeds diverged, counted at ℓ₀):", "",
                   write_table(out, "vs_published_16M_lrs", published_lrs_table(series))]
@@ -628,7 +633,17 @@ def curves_section(chosen: list[Run], runs_dir: Path, series: list[Series], out:
     return lines
 
 
-def write_report(csv_path: Path, out: Path, runs_dir: Path, patterns: list[str]) -> Path:
+def time_section(series: list[Series], out: Path, no_time: str | None) -> list[str]:
+    lines = ["## Relative wall-clock time", ""]
+    if no_time:
+        return lines + [f"Not shown: {no_time}", ""]
+    return lines + ["Training seconds relative to the baseline at the same scale and lr, averaged over the lrs where "
+                    "both trained to the end (k/K when not all). Comparable only for runs on the same hardware, one at "
+                    "a time (else re-run this stage with `--no-time REASON`).", "",
+                    write_table(out, "relative_time", time_table(series)), figure_md(time_figure(series, out), "relative time")]
+
+
+def write_report(csv_path: Path, out: Path, runs_dir: Path, patterns: list[str], no_time: str | None = None) -> Path:
     runs = read_runs(csv_path)
     if not runs:
         raise ValueError(f"{csv_path} has no runs")
@@ -654,17 +669,14 @@ def write_report(csv_path: Path, out: Path, runs_dir: Path, patterns: list[str])
               "ℓ₀ as in the grid table; lower is better.", "",
               write_table(out, "lr_sensitivity", lrs_table(series)), figure_md(lrs_figure(series, out), "LR sensitivity"),
               "## Best loss and learning rate", "", "Best final loss over the lr grid, `loss @ lr`:", "",
-              write_table(out, "best", best_table(series)),
-              "## Relative wall-clock time", "",
-              "Training seconds relative to the baseline at the same scale and lr, averaged over the lrs where both "
-              "trained to the end (k/K when not all). Comparable only for runs on the same hardware, one at a time.", "",
-              write_table(out, "relative_time", time_table(series)), figure_md(time_figure(series, out), "relative time")]
+              write_table(out, "best", best_table(series))]
+    lines += time_section(series, out, no_time)
     lines += ["## Logit divergence at the end of training", "",
               "‖μ‖ of the output embeddings / mean logit over the validation tokens, per lr (seeds averaged); the "
               "drift the mitigations act on (mu-centering holds both at 0):", ""]
     for sc in scales_of(series):
         lines += [f"{sc}:", "", write_table(out, f"divergence_{sc}", divergence_table(series, sc))]
-    lines += published_section(series, runs, out)
+    lines += published_section(series, runs, out, times_comparable=not no_time)
     lines += curves_section(chosen, runs_dir, series, out, patterns)
     report = out / "REPORT.md"
     report.write_text("\n".join(lines).rstrip() + "\n")
@@ -707,13 +719,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", type=Path, help="folder of the run directories, for the curves (default: the CSV's folder)")
     p.add_argument("--curves", nargs="+", default=[], metavar="PATTERN",
                    help="runs whose training curves to draw: names or fnmatch patterns (default: every method at the largest lr of each scale)")
+    p.add_argument("--no-time", metavar="REASON",
+                   help="leave out the wall-clock comparison, saying why (runs shared a GPU, the code changed between runs)")
     args = p.parse_args(argv)
     try:
         csv_path, expected = resolve_csv(args.inputs)
         if not csv_path.is_file():
             raise ValueError(f"{csv_path} does not exist: run the aggregation stage (scripts/3_aggregate.sh) first")
         check_csv(read_runs(csv_path), expected, csv_path)
-        report = write_report(csv_path, args.out or csv_path.parent / "results", args.runs_dir or csv_path.parent, args.curves)
+        report = write_report(csv_path, args.out or csv_path.parent / "results", args.runs_dir or csv_path.parent, args.curves,
+                              args.no_time)
     except (ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
