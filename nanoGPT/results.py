@@ -413,6 +413,23 @@ def published_table(series: list[Series], times_comparable: bool = True) -> Tabl
     return header, rows
 
 
+def ranking_lines(series: list[Series]) -> list[str]:
+    """Per published scale, our LRS order against the published one, over the published methods
+    with every lr of ours (lower LRS first), and whether the two orders agree."""
+    by_key, lines = lookup(series), []
+    for sc in published_scales(series):
+        ours = {m: series_lrs(by_key[(sc, m)]) for m in PUBLISHED_METHODS if (sc, m) in by_key}
+        ours = {m: v for m, v in ours.items() if v is not None}
+        if len(ours) < 2:
+            continue
+        published = dict(zip(PUBLISHED_METHODS, PUBLISHED_LRS_VALUE[sc]))
+        ranked, ranked_published = sorted(ours, key=ours.get), sorted(ours, key=published.get)
+        verdict = "the published order" if ranked == ranked_published else "**not** the published order"
+        lines.append(f"- {sc}, least sensitive first: ours " + ", ".join(f"{m} {ours[m]:.3f}" for m in ranked)
+                     + "; published " + ", ".join(f"{m} {published[m]:.3f}" for m in ranked_published) + f": {verdict}.")
+    return lines
+
+
 def _loss_text(s: Series | None, lr: float) -> str:
     if s is None or lr not in s.runs:
         return "no run"
@@ -610,6 +627,9 @@ def published_section(series: list[Series], runs: list[Run], out: Path, times_co
             lines += [f"At {sc} our lr grid ({', '.join(f'{x:g}' for x in ours)}) is not the published one: "
                       "LRS values over different grids are not comparable.", ""]
     lines += [write_table(out, "vs_published", published_table(series, times_comparable))]
+    ranking = ranking_lines(series)
+    if ranking:
+        lines += ["Learning-rate sensitivity ranking, over the published methods with every lr run:", ""] + ranking + [""]
     if "16M" in published_scales(series):
         lines += ["", "16M, final loss at each published lr († some seeds diverged, counted at ℓ₀):", "",
                   write_table(out, "vs_published_16M_lrs", published_lrs_table(series))]

@@ -372,3 +372,20 @@ def test_divergence_table_shows_the_drift_per_lr(synthetic, tmp_path):
     text = report.read_text()
     assert "## Logit divergence at the end of training" in text and "| baseline | 1.00 / -0.25 | 3.50 / -0.88 |" in text
     assert (tmp_path / "out" / "divergence_29M.tex").exists()
+
+
+def test_ranking_against_the_published_order(tmp_path):
+    # 16M, three lrs; LRS by hand: baseline ((4.0-3.5) + (5.0-3.5)) / 2 = 1.0,
+    # mu-centering ((3.7-3.6) + (3.8-3.6)) / 2 = 0.15, z-loss ((3.9-3.5) + (4.1-3.5)) / 2 = 0.5
+    grid = [("16M", "baseline", lr, 1, "done", x, 10.8, 100.0) for lr, x in ((1e-3, 4.0), (1e-2, 3.5), (1e-1, 5.0))]
+    grid += [("16M", "mu-centering", lr, 1, "done", x, 10.8, 100.0) for lr, x in ((1e-3, 3.7), (1e-2, 3.6), (1e-1, 3.8))]
+    grid += [("16M", "z-loss", lr, 1, "done", x, 10.8, 100.0) for lr, x in ((1e-3, 3.9), (1e-2, 3.5), (1e-1, 4.1))]
+    series = results.build_series(results.read_runs(write_overview(tmp_path / "o.csv", grid)))
+    assert results.ranking_lines(series) == [
+        "- 16M, least sensitive first: ours mu-centering 0.150, z-loss 0.500, baseline 1.000; "
+        "published mu-centering 0.028, z-loss 0.054, baseline 0.306: the published order."]
+    swapped = [(sc, {"baseline": "mu-centering", "mu-centering": "baseline"}.get(m, m), *rest) for sc, m, *rest in grid]
+    series = results.build_series(results.read_runs(write_overview(tmp_path / "s.csv", swapped)))
+    line, = results.ranking_lines(series)
+    assert line.startswith("- 16M, least sensitive first: ours baseline 0.150, z-loss 0.500, mu-centering 1.000;")
+    assert line.endswith(": **not** the published order.")
