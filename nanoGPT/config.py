@@ -41,6 +41,8 @@ class ModelSection:
     vocab_size: int = 50304         # GPT-2's 50257 padded to a multiple of 64
     tie_weights: bool = False       # the published grid is untied
     xavier_init: bool = True
+    float32_logits: bool = False    # LM-head logits kept in float32 instead of rounded to bf16 (same bf16 products):
+                                    # tells whether a method's effect is bf16 rounding of the logits
 
 
 @dataclass
@@ -319,11 +321,13 @@ def format_steps(n: int) -> str:
 
 def run_name(cfg: RunConfig) -> str:
     """The published scheme: wor{scale}0{method letters}-{size}-{tokens}-{steps}-bs{B}-lr{lr/1e-4}-{method}-g{γ}-s{seed}.
-    Tied-embedding runs use lower-case method letters, as the published tied variants do."""
+    Tied-embedding runs use lower-case method letters, as the published tied variants do; runs
+    with float32 logits end in -f32logits (the published runs have bf16 ones)."""
     scale, mit = get_scale(cfg.model.scale), cfg.mitigation
     letters = mit.letters.lower() if cfg.model.tie_weights else mit.letters
     return (f"wor{scale.letter}0{letters}-{scale.name}-{format_tokens(cfg.tokens)}-{format_steps(cfg.schedule.max_steps)}"
-            f"-bs{cfg.batch.batch_size}-lr{_short(round(cfg.optim.lr / 1e-4, 6))}-{mit.name}-g{mit.gamma:.0e}-s{cfg.seed}")
+            f"-bs{cfg.batch.batch_size}-lr{_short(round(cfg.optim.lr / 1e-4, 6))}-{mit.name}-g{mit.gamma:.0e}-s{cfg.seed}"
+            + ("-f32logits" if cfg.model.float32_logits else ""))
 
 
 # ----------------------------------------------------------------------------- grids

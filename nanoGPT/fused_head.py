@@ -18,7 +18,9 @@ so the diagnostics cost no extra read of the logits.
 
 The matrix products run in the autocast dtype when autocast is on (bf16 on the GPU, as the
 unchunked head would), the per-row math in float32 (float64 for a float64 model, so that
-float64 checks of the training loop are exact).
+float64 checks of the training loop are exact). With ``float32_logits`` the logits are the
+same bf16 products, accumulated in float32 as always, but not rounded to bf16 on output; the
+gradient is rounded as before, so only the logits' rounding differs.
 """
 from __future__ import annotations
 
@@ -80,6 +82,15 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     return grad.to(logits.dtype), stats
 
 
+def _logits(h: torch.Tensor, W: torch.Tensor, float32_out: bool) -> torch.Tensor:
+    """h @ Wᵀ, in float32 when asked although h and W are bf16/fp16."""
+    if not float32_out or h.dtype in (torch.float32, torch.float64):
+        return h @ W.t()
+    if h.is_cuda:
+        return torch.mm(h, W.t(), out_dtype=torch.float32)  # cuBLAS's float32 accumulator, not rounded
+    return h.float() @ W.t().float()  # bf16 and fp16 values are exact in float32: the same products
+
+
 class _HeadLoss(torch.autograd.Function):
     """loss(h, W) with its gradient computed in the forward pass; backward only scales it."""
 
@@ -104,10 +115,12 @@ class _HeadLoss(torch.autograd.Function):
         stats = []
         for start in range(0, h.size(0), head.chunk_rows):
             rows = slice(start, start + head.chunk_rows)
-            logits = hc[rows] @ Wc.t()
+            logits = _logits(hc[rows], Wc, head.float32_logits)
             g, st = chunk(logits, targets[rows], keep_weight[rows], head.stablemax, head.z_gamma, with_grad)
             del logits
             stats.append(st)
+            if g is not None:
+                g = g.to(hc.dtype)  # a no-op unless the logits were float32
             if grad_h:
                 torch.mm(g, Wc, out=dh[rows])
             if grad_W:
@@ -138,6 +151,7 @@ class LossHead:
     chunk_rows: int = 8192
     compiled: bool = False
     ignore_index: int = IGNORE_INDEX
+    float32_logits: bool = False    # the logits not rounded to the autocast dtype (see the module's docstring)
 
     @classmethod
     def for_mitigation(cls, mitigation, **kw) -> "LossHead":

@@ -327,7 +327,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
 
     fwd = torch.compile(model) if use_compile else model
     ddp = DDP(fwd, device_ids=[dd.local_rank] if device.type == "cuda" else None) if dd.world_size > 1 else fwd
-    head = LossHead.for_mitigation(mitigation, compiled=use_compile)
+    head = LossHead.for_mitigation(mitigation, compiled=use_compile, float32_logits=cfg.model.float32_logits)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     tokens_per_step = cfg.batch.batch_size * cfg.batch.seq_len

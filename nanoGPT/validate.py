@@ -91,7 +91,7 @@ def evaluate(run_dir: Path, device: str = "auto") -> dict:
     # The training loss head, without gradients: one chunked pass gives both cross-entropies
     # and the logit statistics, and no batch's logits exist all at once. Eager: compiling
     # would cost more than the seconds a validation budget takes.
-    head = LossHead(stablemax=stablemax)
+    head = LossHead(stablemax=stablemax, float32_logits=cfg.model.float32_logits)  # the numerics it trained with
 
     sums, n_logits, t0 = None, 0, time.perf_counter()
     batches = eval_batches(resolve_shards(spec["val"]), spec["val_tokens"], spec["batch_size"], spec["seq_len"],

@@ -78,7 +78,7 @@ def build_step(scale: str, method: str, micro: int, head_kind: str):
     model = GPT(cfg.gpt_config()).cuda()
     opt = build_optimizer(model, cfg, "cuda", compile=True)
     mit = cfg.mitigation
-    head = NaiveHead(mit) if head_kind == "naive" else LossHead.for_mitigation(mit, compiled=True)
+    head = NaiveHead(mit) if head_kind == "naive" else LossHead.for_mitigation(mit, compiled=True, float32_logits=cfg.model.float32_logits)
     fwd = torch.compile(model)
     monitor = DivergenceMonitor(0.0, torch.device("cuda"))
     x = torch.randint(0, 50257, (micro, T), device="cuda")

@@ -59,6 +59,12 @@ def test_published_example_name():
     assert cfg.name == EXAMPLE
 
 
+def test_float32_logits_runs_are_named_apart():
+    cfg = load_config(overrides=["optim.lr=1e-3", "model.float32_logits=true"])
+    assert cfg.name == EXAMPLE + "-f32logits"
+    assert cfg.model.float32_logits and not load_config().model.float32_logits
+
+
 @pytest.mark.parametrize("lr,tok", [(3e-4, "3"), (1e-3, "10"), (3e-3, "30"), (1e-2, "100"), (3e-2, "300"), (1e-1, "1000"), (3e-1, "3000")])
 def test_lr_tokens(lr, tok):
     cfg = load_config(overrides=[f"optim.lr={lr!r}"])

@@ -135,6 +135,28 @@ def test_bfloat16_autocast_runs_matmuls_in_bf16_and_keeps_input_dtypes():
     assert out["loss"].item() != exact.item()  # bf16 was really used
 
 
+def test_float32_logits_are_the_bf16_products_unrounded():
+    # Logits around -40, where bf16 rounds to multiples of 0.25: the rounding is what the
+    # option removes, and it must be visible in the default head's loss.
+    h, W, t = problem(N=64, d=32, V=50, seed=6, scale=1.0)
+    with torch.no_grad():
+        h[:, 0] = 8.0
+        W[:, 0] = -5.0
+    hb, Wb = h.detach().bfloat16().double(), W.detach().bfloat16().double()
+    ref = reference(hb, Wb, t, "softmax").item()  # float64 logits from the bf16 operands
+    losses = {}
+    for f32 in (False, True):
+        h.grad = W.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = LossHead(chunk_rows=16, float32_logits=f32)(h, W, t)
+        out["loss"].backward()
+        assert h.grad.dtype == torch.float32 and W.grad.dtype == torch.float32
+        assert torch.isfinite(h.grad).all() and torch.isfinite(W.grad).all()
+        losses[f32] = out["loss"].item()
+    assert losses[True] == pytest.approx(ref, rel=1e-6)
+    assert abs(losses[False] - ref) > 1e-3  # bf16 logits are rounded
+
+
 def test_refusals():
     with pytest.raises(ValueError, match="z-loss"):
         LossHead(stablemax=True, z_gamma=1e-4)

