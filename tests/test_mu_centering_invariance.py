@@ -8,10 +8,10 @@ Why, for softmax cross-entropy with untied output embeddings E (rows e_v) and hi
   weight decay, the global-norm clip) is linear in E where it involves E at all, so it
   commutes with removing the mean row: after every step E_centred = E_baseline − mean row.
 
-The reproduction's report leans on this (any gap between baseline and mu-centering runs comes
-from bf16 rounding, of the logits and of the products through E, not from the optimisation). Checked here in float64 with the
-training loop's own forward_loss and optimizer_update, at a learning rate high enough that
-‖μ‖ grows; the controls show the check can fail: mu-loss (which pulls μ to 0 by a gradient)
+The reproduction's report leans on this: any gap between baseline and mu-centering runs
+comes from bf16 rounding (of the logits and of the products through E), not from the
+optimisation. Checked here in float64 with the training loop's own forward_loss and
+optimizer_update, at a learning rate high enough that ‖μ‖ grows; the controls show the check can fail: mu-loss (which pulls μ to 0 by a gradient)
 and tied embeddings (where centering moves the input embeddings too) break the invariance.
 """
 from __future__ import annotations
