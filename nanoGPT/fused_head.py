@@ -35,10 +35,10 @@ CE_SUM, LSE_SQ_SUM, Z_SUM, Z_SQ_SUM, Z_MAX, N_KEPT, SOFTMAX_CE_SUM = range(7)
 
 
 def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tensor, stablemax: bool, z_gamma: float,
-           with_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Gradient of Σ_rows keep_weight·(ce + γ·lse²) w.r.t. the logits (in their dtype), and the
-    statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce] of the chunk, both in
-    keep_weight's dtype (the row math's: float32, float64 for a float64 model).
+           with_grad: bool, grad_dtype: torch.dtype | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Gradient of Σ_rows keep_weight·(ce + γ·lse²) w.r.t. the logits (in grad_dtype, default the
+    logits' dtype), and the statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce]
+    of the chunk in keep_weight's dtype (the row math's: float32, float64 for a float64 model).
 
     Written for both of its uses: compiled on the GPU, where inductor fuses it into a reduction
     and a pointwise kernel, and eager on the CPU, where every [rows, V] temporary is a pass over
@@ -79,7 +79,7 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
         grad = grad - (torch.arange(z.size(1), device=z.device) == t) * target_term
     else:  # eager: touch only the target entries
         grad.scatter_add_(1, t, -target_term)
-    return grad.to(logits.dtype), stats
+    return grad.to(grad_dtype or logits.dtype), stats
 
 
 def _logits(h: torch.Tensor, W: torch.Tensor, float32_out: bool) -> torch.Tensor:
@@ -116,11 +116,10 @@ class _HeadLoss(torch.autograd.Function):
         for start in range(0, h.size(0), head.chunk_rows):
             rows = slice(start, start + head.chunk_rows)
             logits = _logits(hc[rows], Wc, head.float32_logits)
-            g, st = chunk(logits, targets[rows], keep_weight[rows], head.stablemax, head.z_gamma, with_grad)
+            # the gradient in the matmuls' dtype, also when the logits were float32
+            g, st = chunk(logits, targets[rows], keep_weight[rows], head.stablemax, head.z_gamma, with_grad, hc.dtype)
             del logits
             stats.append(st)
-            if g is not None:
-                g = g.to(hc.dtype)  # a no-op unless the logits were float32
             if grad_h:
                 torch.mm(g, Wc, out=dh[rows])
             if grad_W:
