@@ -69,8 +69,10 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
         return None, stats
     w = keep_weight.unsqueeze(1)
     if stablemax:
-        # s'(z) = 1 for z ≥ 0 and 1/(1 − z)² = s(z)² below; the target's term is s'(z_t)/s(z_t) = 1/(1 + |z_t|)
-        grad = torch.where(z >= 0, 1.0, s * s).mul_(w / S)
+        # s'(z) = 1 for z ≥ 0 and 1/(1 − z)² below, one branch-free formula; the target's term is
+        # s'(z_t)/s(z_t) = 1/(1 + |z_t|). Formed from z, not as s(z)², so that inductor recomputes it
+        # in the gradient kernel: reusing s made it store s(z), a float32 [rows, V] buffer (+11% step).
+        grad = torch.clamp(z, max=0).neg_().add_(1).square_().reciprocal_().mul_(w / S)
         target_term = w * torch.reciprocal(1 + z_t.abs()).unsqueeze(1)
     else:
         grad = exp_z.mul_(w * (1 + 2 * z_gamma * lse).unsqueeze(1) / sum_exp)  # w · softmax · (1 + 2γ·lse)
