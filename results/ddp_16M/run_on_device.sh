@@ -20,14 +20,14 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 echo "NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-unset}"   # must stay 0 on these machines
 overrides=(schedule.max_steps="$steps" log.log_interval=10 log.checkpoint_interval=100000)
 out=output/ddp_16M
-rm -rf "$out"; mkdir -p "$out"
+mkdir -p "$out"   # finished runs are kept and skipped: delete output/ddp_16M to start over
 echo "=== 1 GPU, twice at once (GPU 0 and GPU 1)"
 CUDA_VISIBLE_DEVICES=0 python3 -m nanoGPT.train "$cfg" "${overrides[@]}" out_dir="$out/1gpu_a" > "$out.1gpu_a.log" 2>&1 &
 a=$!
 CUDA_VISIBLE_DEVICES=1 python3 -m nanoGPT.train "$cfg" "${overrides[@]}" out_dir="$out/1gpu_b" > "$out.1gpu_b.log" 2>&1 &
 b=$!
 wait $a || true; wait $b || true
-tail -2 "$out.1gpu_a.log" "$out.1gpu_b.log"
+tail -n 2 "$out.1gpu_a.log" "$out.1gpu_b.log"
 echo "=== 2 GPUs, torchrun, NCCL"
 NPROC_PER_NODE=2 bash scripts/0_run_training.sh "$cfg" "${overrides[@]}" out_dir="$out/2gpu" 2>&1 | grep -v "^step" | tail -8
 python3 results/ddp_16M/compare_runs.py "$out"/1gpu_a/*/ "$out"/2gpu/*/ --noise "$out"/1gpu_b/*/ --skip 50 \
