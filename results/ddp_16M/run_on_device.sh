@@ -22,9 +22,9 @@ overrides=(schedule.max_steps="$steps" log.log_interval=10 log.checkpoint_interv
 out=output/ddp_16M
 mkdir -p "$out"   # finished runs are kept and skipped: delete output/ddp_16M to start over
 echo "=== 1 GPU, twice at once (GPU 0 and GPU 1)"
-CUDA_VISIBLE_DEVICES=0 python3 -m nanoGPT.train "$cfg" "${overrides[@]}" out_dir="$out/1gpu_a" > "$out.1gpu_a.log" 2>&1 &
+CUDA_VISIBLE_DEVICES=0 python3 -m nanoGPT.train "$cfg" "${overrides[@]}" out_dir="$out/1gpu_a" >> "$out.1gpu_a.log" 2>&1 &
 a=$!
-CUDA_VISIBLE_DEVICES=1 python3 -m nanoGPT.train "$cfg" "${overrides[@]}" out_dir="$out/1gpu_b" > "$out.1gpu_b.log" 2>&1 &
+CUDA_VISIBLE_DEVICES=1 python3 -m nanoGPT.train "$cfg" "${overrides[@]}" out_dir="$out/1gpu_b" >> "$out.1gpu_b.log" 2>&1 &
 b=$!
 wait $a || true; wait $b || true
 tail -n 2 "$out.1gpu_a.log" "$out.1gpu_b.log"
