@@ -75,7 +75,7 @@ def plot(table: list[list], skip: int, path: Path) -> None:
     top.legend()
     for i, label in enumerate(head[2:], start=2):
         bottom.plot(steps, [abs(r[1] - r[i]) if r[i] != "" else float("nan") for r in rows],
-                    label=f"|{head[1]} − {label}|", lw=1)
+                    label=f"|{head[1]} − {label}|", lw=1, color=f"C{i - 1}")  # the colour of `label` above
     bottom.axvline(skip, color="grey", lw=0.5, ls="--")
     bottom.set_ylabel("loss gap")
     bottom.set_xlabel("step")
