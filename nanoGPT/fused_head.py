@@ -70,8 +70,10 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     w = keep_weight.unsqueeze(1)
     if stablemax:
         # s'(z) = 1 for z ≥ 0 and 1/(1 − z)² below, one branch-free formula; the target's term is
-        # s'(z_t)/s(z_t) = 1/(1 + |z_t|). Formed from z, not as s(z)², so that inductor recomputes it
-        # in the gradient kernel: reusing s made it store s(z), a float32 [rows, V] buffer (+11% step).
+        # s'(z_t)/s(z_t) = 1/(1 + |z_t|). On the GPU the whole chunk is one fused kernel that
+        # recomputes per logit what the gradient needs, so this costs one division per logit (less
+        # than recomputing s(z) to square it). That arithmetic is StableMax's extra step time
+        # (results/benchmarks/README.md, call 4).
         grad = torch.clamp(z, max=0).neg_().add_(1).square_().reciprocal_().mul_(w / S)
         target_term = w * torch.reciprocal(1 + z_t.abs()).unsqueeze(1)
     else:
