@@ -14,7 +14,8 @@ mean over kept rows of:
 - StableMax: ce = log S − log s(z_t),  S = Σ_j s(z_j),  s(x) = x + 1 (x ≥ 0), 1/(1 − x) (x < 0)
              d/dz_j = s'(z_j)/S − [j = t]·s'(z_t)/s(z_t),  s'(x) = 1 (x ≥ 0), 1/(1 − x)² (x < 0)
 The same pass sums what the published runs log about the logits (Σz, Σz², max z, Σ lse²),
-so the diagnostics cost no extra read of the logits.
+so the diagnostics cost no extra read of the logits; they still cost arithmetic per logit
+(for StableMax an exponential), so a head with ``diagnostics=False`` skips them.
 
 The matrix products run in the autocast dtype when autocast is on (bf16 on the GPU, as the
 unchunked head would), the per-row math in float32 (float64 for a float64 model, so that
@@ -24,6 +25,7 @@ gradient is rounded as before, so only the logits' rounding differs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,10 +37,14 @@ CE_SUM, LSE_SQ_SUM, Z_SUM, Z_SQ_SUM, Z_MAX, N_KEPT, SOFTMAX_CE_SUM = range(7)
 
 
 def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tensor, stablemax: bool, z_gamma: float,
-           with_grad: bool, grad_dtype: torch.dtype | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+           with_grad: bool, grad_dtype: torch.dtype | None = None,
+           diagnostics: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Gradient of Σ_rows keep_weight·(ce + γ·lse²) w.r.t. the logits (in grad_dtype, default the
     logits' dtype), and the statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce]
     of the chunk in keep_weight's dtype (the row math's: float32, float64 for a float64 model).
+    Without ``diagnostics`` the statistics the loss does not need are NaN and cost nothing:
+    the logit moments and max, and for StableMax the softmax ones (Σ lse², Σ softmax ce),
+    which would cost it an exponential per logit.
 
     Written for both of its uses: compiled on the GPU, where inductor fuses it into a reduction
     and a pointwise kernel, and eager on the CPU, where every [rows, V] temporary is a pass over
@@ -51,10 +57,12 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     # the GPU computes the max and the sum in one read of z; torch.logsumexp's decomposition puts
     # an inf guard between them and costs a read more. Logits are finite here: an inf makes the
     # loss NaN, which the divergence monitor reports.
-    z_max = z.amax(1, keepdim=True)
-    exp_z = torch.sub(z, z_max).exp_()
-    sum_exp = exp_z.sum(1, keepdim=True)
-    lse = (z_max + sum_exp.log()).squeeze(1)
+    has_lse = diagnostics or not stablemax  # StableMax's loss needs no log Σ exp
+    if has_lse:
+        z_max = z.amax(1, keepdim=True)
+        exp_z = torch.sub(z, z_max).exp_()
+        sum_exp = exp_z.sum(1, keepdim=True)
+        lse = (z_max + sum_exp.log()).squeeze(1)
     if stablemax:
         s = stablemax_s(z)
         S = s.sum(1, keepdim=True)
@@ -62,9 +70,13 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     else:
         ce = lse - z_t
     # Row reductions first (they share the read of z with the log-sum-exp), then over rows.
-    stats = torch.stack([torch.where(kept, ce, 0).sum(), torch.where(kept, lse.square(), 0).sum(), z.sum(1).sum(),
-                         torch.linalg.vector_norm(z, dim=1).square().sum(), z_max.max(), kept.sum().to(z.dtype),
-                         torch.where(kept, lse - z_t, 0).sum()])
+    nan = torch.full((), math.nan, dtype=z.dtype, device=z.device)
+    stats = torch.stack([torch.where(kept, ce, 0).sum(),
+                         torch.where(kept, lse.square(), 0).sum() if has_lse else nan,
+                         z.sum(1).sum() if diagnostics else nan,
+                         torch.linalg.vector_norm(z, dim=1).square().sum() if diagnostics else nan,
+                         z_max.max() if diagnostics else nan, kept.sum().to(z.dtype),
+                         torch.where(kept, lse - z_t, 0).sum() if has_lse else nan])
     if not with_grad:
         return None, stats
     w = keep_weight.unsqueeze(1)
@@ -121,7 +133,8 @@ class _HeadLoss(torch.autograd.Function):
             rows = slice(start, start + head.chunk_rows)
             logits = _logits(hc[rows], Wc, head.float32_logits)
             # the gradient in the matmuls' dtype, also when the logits were float32
-            g, st = chunk(logits, targets[rows], keep_weight[rows], head.stablemax, head.z_gamma, with_grad, hc.dtype)
+            g, st = chunk(logits, targets[rows], keep_weight[rows], head.stablemax, head.z_gamma, with_grad, hc.dtype,
+                          head.diagnostics)
             del logits
             stats.append(st)
             if grad_h:
@@ -155,6 +168,9 @@ class LossHead:
     compiled: bool = False
     ignore_index: int = IGNORE_INDEX
     float32_logits: bool = False    # the logits not rounded to the autocast dtype (see the module's docstring)
+    # False: the statistics that the loss does not need come out NaN, at no cost (see _chunk).
+    # Training turns them off between log steps, where nobody reads them.
+    diagnostics: bool = True
 
     @classmethod
     def for_mitigation(cls, mitigation, **kw) -> "LossHead":
@@ -174,12 +190,15 @@ class LossHead:
         Returns ``loss`` (differentiable: ce + z-loss), ``ce`` (of the head's own distribution),
         ``ce_softmax`` (always softmax), ``aux`` (the z-loss term), the logit diagnostics
         ``lse_sq_mean``, ``logit_mean``, ``logit_std``, ``logit_max``, and ``sums``, the raw
-        statistics vector (columns CE_SUM ... SOFTMAX_CE_SUM) to add up over batches."""
+        statistics vector (columns CE_SUM ... SOFTMAX_CE_SUM) to add up over batches. Without
+        ``diagnostics``, the logit diagnostics (and, for StableMax, ``ce_softmax`` and
+        ``lse_sq_mean``) are NaN."""
         loss, t = _HeadLoss.apply(h.reshape(-1, h.size(-1)), W, targets.reshape(-1), self)
         n = t[N_KEPT].clamp(min=1)
         n_logits = targets.numel() * W.size(0)  # a Python number: a tensor made from it would sync the host
         mean = t[Z_SUM] / n_logits
         ce = t[CE_SUM] / n
-        return {"loss": loss, "ce": ce, "ce_softmax": t[SOFTMAX_CE_SUM] / n, "aux": self.z_gamma * t[LSE_SQ_SUM] / n,
+        aux = self.z_gamma * t[LSE_SQ_SUM] / n if self.z_gamma else torch.zeros_like(ce)  # 0, not 0·NaN
+        return {"loss": loss, "ce": ce, "ce_softmax": t[SOFTMAX_CE_SUM] / n, "aux": aux,
                 "lse_sq_mean": t[LSE_SQ_SUM] / n, "logit_mean": mean, "sums": t,
                 "logit_std": (t[Z_SQ_SUM] / n_logits - mean.square()).clamp(min=0).sqrt(), "logit_max": t[Z_MAX]}

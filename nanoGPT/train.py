@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -256,6 +256,13 @@ def forward_loss(ddp, model: GPT, x: torch.Tensor, y: torch.Tensor, head: LossHe
     return loss, aux, out
 
 
+def is_log_step(step: int, cfg: RunConfig) -> bool:
+    """Whether a step's metrics are read: every log_interval-th step, each checkpoint's, the last.
+    Known before the step runs, so the other steps can use a loss head without diagnostics."""
+    return (step % cfg.log.log_interval == 0 or (step + 1) % cfg.log.checkpoint_interval == 0
+            or step == cfg.schedule.max_steps - 1)
+
+
 def optimizer_update(model: GPT, optimizer: torch.optim.Optimizer, mitigation, monitor: DivergenceMonitor, step: int,
                      loss: torch.Tensor, clip: float, compile: bool, world_size: int = 1) -> torch.Tensor:
     """What follows a step's backward passes: clip the gradients, judge divergence, step the
@@ -328,6 +335,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
     fwd = torch.compile(model) if use_compile else model
     ddp = DDP(fwd, device_ids=[dd.local_rank] if device.type == "cuda" else None) if dd.world_size > 1 else fwd
     head = LossHead.for_mitigation(mitigation, compiled=use_compile, float32_logits=cfg.model.float32_logits)
+    quiet_head = replace(head, diagnostics=False)  # between log steps: nothing reads them
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     tokens_per_step = cfg.batch.batch_size * cfg.batch.seq_len
@@ -342,6 +350,8 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
     state, step, stop = "finished", start_step - 1, False
     for step in range(start_step, s.max_steps):
         lr = lr_at(step, cfg)
+        log_step = is_log_step(step, cfg)
+        step_head = head if log_step else quiet_head
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
@@ -350,7 +360,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
             x, y = loader.get(step * accum + micro_step)
             sync = micro_step == accum - 1 or dd.world_size == 1
             with (contextlib.nullcontext() if sync else ddp.no_sync()), autocast:
-                loss, aux, out = forward_loss(ddp, model, x, y, head, mitigation)
+                loss, aux, out = forward_loss(ddp, model, x, y, step_head, mitigation)
             (loss / accum).backward()
             loss_sum += loss.detach() / accum
             parts["ce"] += out["ce"] / accum
@@ -361,7 +371,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
         last = step == s.max_steps - 1
         checkpoint_due = (step + 1) % cfg.log.checkpoint_interval == 0 or last
         # Checkpoint steps are also log steps: the divergence verdict is read before any checkpoint.
-        if step % cfg.log.log_interval == 0 or checkpoint_due:
+        if log_step:
             stop = preemption.requested(dd.world_size, device)  # a collective: at log steps, on every rank
             checkpoint_due = checkpoint_due or stop
             # The host-device syncs of a log step: the metrics, then the divergence verdict.

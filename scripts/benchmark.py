@@ -7,7 +7,8 @@
 Each (scale, method) runs the training step of nanoGPT/train.py on synthetic tokens: the
 compiled model, the chunked loss head (or, with --head naive, whole-batch logits and the
 compiled unchunked loss for comparison), backward, gradient clipping, the divergence monitor,
-fused AdamW (wrapped in ⊥Grad where the method says), mu-centering. One micro-batch per step
+fused AdamW (wrapped in ⊥Grad where the method says), mu-centering; the loss head's logit
+diagnostics on every log_interval-th step only, as in training. One micro-batch per step
 (the scale's largest, or --micro-batch), sequence 2048, bf16 autocast, as nanoGPT's bench.py
 measures its anchor. Warm-up steps (compilation) are excluded; the timed steps are queued
 without host syncs and timed with CUDA events, and the median step is reported. MFU counts
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -79,6 +81,7 @@ def build_step(scale: str, method: str, micro: int, head_kind: str):
     opt = build_optimizer(model, cfg, "cuda", compile=True)
     mit = cfg.mitigation
     head = NaiveHead(mit) if head_kind == "naive" else LossHead.for_mitigation(mit, compiled=True, float32_logits=cfg.model.float32_logits)
+    quiet_head = head if head_kind == "naive" else replace(head, diagnostics=False)
     fwd = torch.compile(model)
     monitor = DivergenceMonitor(0.0, torch.device("cuda"))
     x = torch.randint(0, 50257, (micro, T), device="cuda")
@@ -89,7 +92,8 @@ def build_step(scale: str, method: str, micro: int, head_kind: str):
             if head_kind == "naive":
                 loss = fwd(x, y, loss_head=head)["loss"]
             else:
-                loss, _, _ = forward_loss(fwd, model, x, y, head, mit)
+                # as in training: the logit diagnostics only on log steps (the median step has none)
+                loss, _, _ = forward_loss(fwd, model, x, y, head if i % cfg.log.log_interval == 0 else quiet_head, mit)
         loss.backward()
         optimizer_update(model, opt, mit, monitor, i, loss.detach(), 1.0, compile=True)
 

@@ -83,6 +83,29 @@ def test_parts_and_logit_statistics(kind):
     assert out["logit_max"].item() == pytest.approx(z.max().item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("kind", HEADS)
+def test_without_diagnostics_the_loss_and_gradients_are_unchanged(kind):
+    """Training's head between log steps: the same loss and gradients (to the last bit on the
+    CPU), the loss's own parts finite, and the skipped statistics NaN rather than a wrong number."""
+    h, W, t = problem(seed=5)
+    grads = {}
+    for diagnostics in (True, False):
+        hh, WW = h.detach().clone().requires_grad_(), W.detach().clone().requires_grad_()
+        out = LossHead(chunk_rows=8, diagnostics=diagnostics, **HEADS[kind])(hh, WW, t)
+        out["loss"].backward()
+        grads[diagnostics] = out, hh.grad, WW.grad
+    (on, gh_on, gW_on), (off, gh_off, gW_off) = grads[True], grads[False]
+    assert torch.equal(off["loss"], on["loss"]) and torch.equal(off["ce"], on["ce"]) and torch.equal(off["aux"], on["aux"])
+    assert torch.equal(gh_off, gh_on) and torch.equal(gW_off, gW_on)
+    for key in ("logit_mean", "logit_std", "logit_max"):
+        assert torch.isnan(off[key]) and torch.isfinite(on[key])
+    softmax_parts_skipped = kind == "stablemax"  # a softmax head needs log Σ exp for its loss anyway
+    for key in ("lse_sq_mean", "ce_softmax"):
+        assert bool(torch.isnan(off[key])) == softmax_parts_skipped
+        if not softmax_parts_skipped:
+            assert torch.equal(off[key], on[key])
+
+
 def test_upstream_gradient_scales_and_partial_requires_grad():
     h, W, t = problem(seed=2)
     head = LossHead(chunk_rows=10)
@@ -207,8 +230,9 @@ def test_compiled_training_matches_eager(tmp_path, shards):
         assert losses["on", method] == pytest.approx(losses["off", method], rel=2e-5)
 
 
+@pytest.mark.parametrize("diagnostics", [True, False])
 @pytest.mark.parametrize("stablemax,gamma", [(False, 3e-2), (True, 0.0)])
-def test_compiled_chunk_math_equals_eager(stablemax, gamma):
+def test_compiled_chunk_math_equals_eager(stablemax, gamma, diagnostics):
     """The two forms of the per-chunk math (one-hot in the fused kernel when compiled, a
     scatter on the target entries when eager) give the same gradient and statistics."""
     from nanoGPT.fused_head import _chunk
@@ -217,9 +241,10 @@ def test_compiled_chunk_math_equals_eager(stablemax, gamma):
     t = torch.randint(0, 40, (24,), generator=g)
     t[5] = IGNORE
     w = (t != IGNORE).float() / 23
-    eager = _chunk(z, t, w, stablemax, gamma, True)
-    compiled = torch.compile(_chunk, dynamic=False)(z, t, w, stablemax, gamma, True)
+    eager = _chunk(z, t, w, stablemax, gamma, True, None, diagnostics)
+    compiled = torch.compile(_chunk, dynamic=False)(z, t, w, stablemax, gamma, True, None, diagnostics)
     torch._dynamo.reset()
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert eager[1].isnan().any().item() == (not diagnostics)
     assert eager[0][5].abs().max().item() == 0.0  # the ignored row

@@ -49,6 +49,30 @@ def test_loss_goes_down_for_every_method(tmp_path, shards, method, gamma):
         assert all(r["mu_out_norm"] < 1e-5 for r in log)
 
 
+@pytest.mark.parametrize("method", ["baseline", "stablemax"])
+def test_log_steps_have_diagnostics_and_the_others_change_nothing(tmp_path, shards, method):
+    """Between log steps the loss head skips its logit diagnostics (for StableMax an exponential
+    per logit): the logged steps still carry all of them, finite, and the trained weights are
+    the same, bit for bit, as when every step computes them."""
+    runs = {}
+    for interval in (1, 4):
+        cfg = tiny_run(tmp_path / f"every{interval}", shards, method={"name": method},
+                       schedule={"max_steps": 10}, log={"log_interval": interval, "checkpoint_interval": 5})
+        assert train(cfg) == "finished"
+        runs[interval] = cfg
+    log = read_log(runs[4].run_dir)
+    assert [r["step"] for r in log] == [0, 4, 8, 9]  # every 4th, each checkpoint's (4, 9) and the last
+    for r in log:
+        for key in ("logit_mean", "logit_std", "logit_max", "lse_sq_mean", "ce", "aux", "loss"):
+            assert math.isfinite(r[key]), (r["step"], key)
+    every = {r["step"]: r for r in read_log(runs[1].run_dir)}
+    for r in log:
+        for key in ("loss", "logit_mean", "lse_sq_mean"):
+            assert r[key] == every[r["step"]][key]
+    final = [load_checkpoint(cfg.run_dir / "ckpt.pt")["model"] for cfg in runs.values()]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
 def test_schedule_warmup_then_cosine_to_min_lr(tmp_path, shards):
     cfg = tiny_run(tmp_path, shards, optim={"lr": 1.0}, schedule={"max_steps": 101, "warmup_steps": 10, "min_lr": 0.1})
     assert lr_at(0, cfg) == pytest.approx(0.1)
