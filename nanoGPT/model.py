@@ -28,17 +28,19 @@ class Scale:
     peak_gib: float       # peak GPU memory of a training step at that micro-batch, measured
 
 
-# Porian et al. shapes, 4 heads at every scale. max_micro_batch is the nanoGPT anchor's
-# micro-batch of PERFORMANCE.md (64 at 16M, where the chunked loss head made it fit and run
-# 3% faster); peak_gib was measured with scripts/benchmark.py on the H100 (bf16, compiled,
-# chunked head; results/benchmarks/), and lets smaller GPUs halve the micro-batch until it fits.
+# Porian et al. shapes, 4 heads at every scale. max_micro_batch is twice the nanoGPT anchor's
+# micro-batch of PERFORMANCE.md (at 16M: 64, the published global batch): the chunked loss
+# head freed the memory, and the doubled micro-batch ran 2.3-4.9% more tokens/s at 29M-221M
+# on an H200 (results/benchmarks/README.md, session 14). peak_gib was measured with
+# scripts/benchmark.py (bf16, compiled, chunked head) and lets smaller GPUs halve the
+# micro-batch until it fits.
 SCALES: dict[str, Scale] = {s.name: s for s in (
     Scale("tiny", "T", 2, 64, 4, 64, 0.0),   # tests and the CPU default grid only
     Scale("16M", "4", 6, 224, 4, 64, 10.72),
-    Scale("29M", "6", 9, 320, 4, 32, 11.18),
-    Scale("57M", "8", 12, 480, 4, 16, 11.05),
-    Scale("109M", "A", 15, 640, 4, 16, 17.06),
-    Scale("221M", "C", 21, 832, 4, 8, 17.43),
+    Scale("29M", "6", 9, 320, 4, 64, 19.37),
+    Scale("57M", "8", 12, 480, 4, 32, 18.61),
+    Scale("109M", "A", 15, 640, 4, 32, 29.84),
+    Scale("221M", "C", 21, 832, 4, 16, 28.94),
 )}
 
 
