@@ -44,8 +44,9 @@ def load_submit():
 def test_gpus_per_run_follow_the_scale_table():
     submit = load_submit()
     gpus = {c.model.scale: submit.gpus_per_run(c) for c in expand_grid(ROOT / "configs/grids/published.toml")}
-    assert gpus == {"16M": 1, "29M": 2, "57M": 4, "109M": 4, "221M": 8}
-    assert {submit.node_shape(g, 4) for g in gpus.values()} == {(1, 1), (1, 2), (1, 4), (2, 4)}
+    assert gpus == {"16M": 1, "29M": 1, "57M": 2, "109M": 2, "221M": 4}
+    assert {submit.node_shape(g, 4) for g in gpus.values()} == {(1, 1), (1, 2), (1, 4)}
+    assert submit.node_shape(8, 4) == (2, 4)
     assert submit.node_shape(6, 4) == (2, 3)
     with pytest.raises(submit.SubmitError, match="split evenly"):
         submit.node_shape(5, 4)
@@ -70,12 +71,12 @@ def test_dry_run_of_the_published_grid(tmp_path):
     assert r.returncode == 0, r.stderr
     commands = [line for line in r.stdout.splitlines() if line.startswith("sbatch ")]
     train = [c for c in commands if "train.sbatch" in c]
-    # one array per resource shape: 16M on 1 node x 1 GPU, 29M on 1 x 2, 57M+109M on 1 x 4, 221M on 2 x 4
-    assert [re.search(r"--array=(\S+)", c)[1] for c in train] == ["0-27", "28-55", "56-111", "112-139"]
-    assert [re.search(r"--nodes=(\d+) .*--gpus-per-node=(\d+)", c).groups() for c in train] == [("1", "1"), ("1", "2"), ("1", "4"), ("2", "4")]
+    # one array per resource shape: 16M+29M on 1 node x 1 GPU, 57M+109M on 1 x 2, 221M on 1 x 4
+    assert [re.search(r"--array=(\S+)", c)[1] for c in train] == ["0-55", "56-111", "112-139"]
+    assert [re.search(r"--nodes=(\d+) .*--gpus-per-node=(\d+)", c).groups() for c in train] == [("1", "1"), ("1", "2"), ("1", "4")]
     assert all("--signal=B:USR1@300" in c and c.index("--partition=gpu") < c.index("train.sbatch") for c in train)
-    validate, aggregate = commands[4:]
-    assert "--dependency=afterok:<train-1>:<train-2>:<train-3>:<train-4>'" in validate and "1_prepare_validation.sh 2_run_validation.sh" in validate
+    validate, aggregate = commands[3:]
+    assert "--dependency=afterok:<train-1>:<train-2>:<train-3>'" in validate and "1_prepare_validation.sh 2_run_validation.sh" in validate
     assert "--dependency=afterok:<validate>'" in aggregate and aggregate.endswith("3_aggregate.sh")
     assert "140 runs selected" in r.stdout
     run_list = Path(re.search(r"run list (\S+)", r.stdout)[1])
@@ -87,7 +88,7 @@ def test_dry_run_filters(tmp_path):
     assert r.returncode == 0, r.stderr
     runs = re.findall(r"^\s+\d+\s+(\d+)\s+(\d+)\s+(\S+)$", r.stdout, re.M)
     assert runs == [("1", "1", "wor40A-16M-13p1B-100k-bs64-lr100-baseline-g0e+00-s1"),
-                    ("2", "8", "worC0A-221M-13p1B-100k-bs64-lr100-baseline-g0e+00-s1")]
+                    ("1", "4", "worC0A-221M-13p1B-100k-bs64-lr100-baseline-g0e+00-s1")]
     r = dry_run(tmp_path, "published", "--method", "z_loss")
     assert r.returncode == 2 and "--method z_loss: no run has it" in r.stderr
 

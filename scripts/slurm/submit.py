@@ -41,8 +41,8 @@ def gpus_per_run(cfg: RunConfig) -> int:
 
     The scale table's maximum micro-batch is what fills one GPU's memory: on fewer GPUs a run
     only accumulates gradients (the same work per GPU, a longer wall-clock), on more each GPU
-    runs a smaller micro-batch at a lower utilisation. The published grid (batch 64): 16M on 1 GPU,
-    29M on 2 GPUs, 57M and 109M on 4, 221M on 8."""
+    runs a smaller micro-batch at a lower utilisation. The published grid (batch 64): 16M and
+    29M on 1 GPU, 57M and 109M on 2, 221M on 4."""
     if cfg.system.device == "cpu":
         return 0
     B = cfg.batch.batch_size
