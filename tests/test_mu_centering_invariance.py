@@ -13,6 +13,12 @@ comes from bf16 rounding (of the logits and of the products through E), not from
 optimisation. Checked here in float64 with the training loop's own forward_loss and
 optimizer_update, at a learning rate high enough that ‖μ‖ grows; the controls show the check can fail: mu-loss (which pulls μ to 0 by a gradient)
 and tied embeddings (where centering moves the input embeddings too) break the invariance.
+
+The check runs 6 steps. The centred model's logits are shifted by μ·h, so they round
+differently, and at this learning rate training amplifies rounding quickly. On an AMD EPYC
+CPU the largest parameter difference was 2e-11 after 6 steps, 6e-8 after 12 and 8e-5 after
+24; 12 steps at a 1e-10 tolerance had passed on another CPU and failed on that one. At 6 steps
+‖μ‖ is already 0.72, and the controls differ by 4e-3 (mu-loss) and 0.1 (tied).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from nanoGPT.model import GPT
 from nanoGPT.train import DivergenceMonitor, build_optimizer, forward_loss, optimizer_update
 
 
-def train_float64(method: str, *, steps: int = 12, gamma: float = 0.0, tie: bool = False):
+def train_float64(method: str, *, steps: int = 6, gamma: float = 0.0, tie: bool = False):
     cfg = load_config(overrides=["model.scale=tiny", f"method.name={method}", f"method.gamma={gamma}",
                                  f"model.tie_weights={str(tie).lower()}", "optim.lr=0.03", "optim.weight_decay=0.1",
                                  "optim.grad_clip=1.0"])
@@ -51,10 +57,10 @@ def test_mu_centering_follows_the_baseline_exactly_in_float64():
     E = base.output_embedding.detach()
     assert E.mean(0).norm() > 1e-2  # μ did move in the baseline, so centering had work to do
     torch.testing.assert_close(cent_losses, base_losses, rtol=1e-10, atol=0)
-    torch.testing.assert_close(cent.output_embedding.detach(), E - E.mean(0), rtol=0, atol=1e-10)
+    torch.testing.assert_close(cent.output_embedding.detach(), E - E.mean(0), rtol=0, atol=1e-9)
     for (name, p), q in zip(base.named_parameters(), cent.parameters()):
         if p is not base.output_embedding:
-            torch.testing.assert_close(q, p, rtol=0, atol=1e-10, msg=name)
+            torch.testing.assert_close(q, p, rtol=0, atol=1e-9, msg=name)
 
 
 def test_the_invariance_check_can_fail():
