@@ -256,11 +256,16 @@ def forward_loss(ddp, model: GPT, x: torch.Tensor, y: torch.Tensor, head: LossHe
     return loss, aux, out
 
 
+def is_checkpoint_step(step: int, cfg: RunConfig) -> bool:
+    """Whether a checkpoint follows the step: every checkpoint_interval steps, and the last."""
+    return (step + 1) % cfg.log.checkpoint_interval == 0 or step == cfg.schedule.max_steps - 1
+
+
 def is_log_step(step: int, cfg: RunConfig) -> bool:
-    """Whether a step's metrics are read: every log_interval-th step, each checkpoint's, the last.
-    Known before the step runs, so the other steps can use a loss head without diagnostics."""
-    return (step % cfg.log.log_interval == 0 or (step + 1) % cfg.log.checkpoint_interval == 0
-            or step == cfg.schedule.max_steps - 1)
+    """Whether a step's metrics are read: every log_interval-th step and each checkpoint's (the
+    divergence verdict is read before any checkpoint). Known before the step runs, so the other
+    steps can use a loss head without diagnostics."""
+    return step % cfg.log.log_interval == 0 or is_checkpoint_step(step, cfg)
 
 
 def optimizer_update(model: GPT, optimizer: torch.optim.Optimizer, mitigation, monitor: DivergenceMonitor, step: int,
@@ -369,8 +374,7 @@ def _train(cfg: RunConfig, dd: Dist, device: torch.device, dtype: torch.dtype, u
         steps_since_log += 1
 
         last = step == s.max_steps - 1
-        checkpoint_due = (step + 1) % cfg.log.checkpoint_interval == 0 or last
-        # Checkpoint steps are also log steps: the divergence verdict is read before any checkpoint.
+        checkpoint_due = is_checkpoint_step(step, cfg)
         if log_step:
             stop = preemption.requested(dd.world_size, device)  # a collective: at log steps, on every rank
             checkpoint_due = checkpoint_due or stop
