@@ -17,7 +17,6 @@ same program: run it on an H100 and compare.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import math
 import sys
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nanoGPT.model import get_scale  # noqa: E402
+from scripts.benchmark import write_table  # noqa: E402
 
 ANCHOR_MICRO_BATCH = {"16M": 32, "29M": 32, "57M": 16, "109M": 16, "221M": 8}  # PERFORMANCE.md's table
 V, T = 50304, 2048
@@ -76,7 +76,7 @@ def measure(scale: str, micro: int) -> dict:
     s = get_scale(scale)
     torch.manual_seed(1337)
     model = AnchorGPT(s.n_layer, s.d_model, s.n_head).cuda()
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 1e-2},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), fused=True)
@@ -85,7 +85,7 @@ def measure(scale: str, micro: int) -> dict:
     y = torch.randint(50257, (micro, T), device="cuda")
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize()
-    for stage, n in enumerate((10, 20)):  # burn-in, then timed, as bench.py
+    for n in (10, 20):  # burn-in, then timed, as bench.py
         t0 = time.time()
         for _ in range(n):
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -112,18 +112,10 @@ def main() -> None:
     for s in args.scales:
         rows.append(measure(s, ANCHOR_MICRO_BATCH[s]))
         print(rows[-1], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / f"{args.stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     head = (f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}; "
             f"nanoGPT's architecture and bench.py loop (scripts/anchor_nanogpt.py)\n\n"
             f"Command: python scripts/anchor_nanogpt.py {' '.join(sys.argv[1:])}\n\n")
-    table = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    table += "".join("| " + " | ".join(str(v) for v in r.values()) + " |\n" for r in rows)
-    (args.out / f"{args.stem}.md").write_text(head + table)
-    print(head + table)
+    write_table(rows, args.out, args.stem, head)
 
 
 if __name__ == "__main__":
