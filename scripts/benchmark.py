@@ -24,10 +24,8 @@ and this command.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
-import itertools
 import json
 import os
 import statistics
@@ -39,7 +37,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from nanoGPT.config import load_config  # noqa: E402
@@ -49,9 +46,6 @@ from nanoGPT.train import DivergenceMonitor, build_optimizer, forward_loss, opti
 
 GAMMA = {"z-loss": 1e-4, "mu-loss": 1e-1}
 METHODS = ["baseline", "z-loss", "mu-loss", "mu-centering", "stablemax", "orthograd"]
-# --attention: PyTorch's own choice of SDPA backend, or one forced around the whole step
-ATTENTION = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
 def measure_peak_tflops() -> float:
@@ -79,7 +73,7 @@ class NaiveHead:
         return self.loss(torch.nn.functional.linear(h, W), targets, W)
 
 
-def build_step(scale: str, method: str, micro: int, head_kind: str, attention: str = "default"):
+def build_step(scale: str, method: str, micro: int, head_kind: str):
     cfg = load_config(overrides=[f"model.scale={scale}", f"method.name={method}", f"method.gamma={GAMMA.get(method, 0.0)}"])
     T = cfg.batch.seq_len
     torch.manual_seed(0)
@@ -93,10 +87,8 @@ def build_step(scale: str, method: str, micro: int, head_kind: str, attention: s
     x = torch.randint(0, 50257, (micro, T), device="cuda")
     y = torch.randint(0, 50257, (micro, T), device="cuda")
 
-    backend = ATTENTION[attention]
-
     def step(i: int) -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(backend) if backend else contextlib.nullcontext():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
             if head_kind == "naive":
                 loss = fwd(x, y, loss_head=head)["loss"]
             else:
@@ -127,15 +119,15 @@ def time_steps(step, warmup: int, steps: int, barrier: tuple[Path, int, int] | N
 
 
 def bench(scale: str, method: str, micro: int, head_kind: str, warmup: int, steps: int, peak: float,
-          barrier=None, attention: str = "default") -> dict:
+          barrier=None) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    cfg, step = build_step(scale, method, micro, head_kind, attention)
+    cfg, step = build_step(scale, method, micro, head_kind)
     times = time_steps(step, warmup, steps, barrier)
     T = cfg.batch.seq_len
     sec = statistics.median(times)
     tps = micro * T / sec
-    return {"scale": scale, "method": method, "head": head_kind, "attention": attention, "micro_batch": micro, "ms_per_step": round(sec * 1e3, 2),
+    return {"scale": scale, "method": method, "head": head_kind, "micro_batch": micro, "ms_per_step": round(sec * 1e3, 2),
             "tokens_per_s": round(tps), "mfu_pct": round(100 * tps * flops_per_token(cfg.gpt_config(), T) / (peak * 1e12), 1),
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
 
@@ -145,10 +137,10 @@ CATEGORIES = (("matmul", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas")), (
               ("optimizer", ("adam", "foreach", "multi_tensor")), ("fused elementwise/reductions (inductor)", ("triton",)))
 
 
-def profile(scale: str, method: str, micro: int, head_kind: str, out: Path, attention: str = "default") -> None:
+def profile(scale: str, method: str, micro: int, head_kind: str, out: Path) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
-    cfg, step = build_step(scale, method, micro, head_kind, attention)
+    cfg, step = build_step(scale, method, micro, head_kind)
     for i in range(6):
         step(i)
     torch.cuda.synchronize()
@@ -172,8 +164,8 @@ def profile(scale: str, method: str, micro: int, head_kind: str, out: Path, atte
     for name, ms, calls in sorted(kernels, key=lambda k: -k[1])[:25]:
         lines.append(f"| `{name[:110]}` | {calls} | {ms:.3f} | {100 * ms / total:.1f}% |")
     text = "\n".join(lines) + "\n"
-    suffix = "" if attention == "default" else f"_{attention}"
-    (out / f"profile_{scale}_{method}_{head_kind}{suffix}.md").write_text(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"profile_{scale}_{method}_{head_kind}.md").write_text(text)
     print(text, flush=True)
 
 
@@ -233,8 +225,6 @@ def main() -> None:
     p.add_argument("--scales", nargs="+", default=["16M", "29M", "57M", "109M", "221M"])
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--head", nargs="+", default=["chunked"], choices=["chunked", "naive"])
-    p.add_argument("--attention", nargs="+", default=["default"], choices=list(ATTENTION),
-                   help="SDPA backend: PyTorch's choice, or one forced for the whole step")
     p.add_argument("--micro-batch", type=int, nargs="+", default=[0], help="0: the scale's largest micro-batch")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--steps", type=int, default=30)
@@ -278,15 +268,14 @@ def main() -> None:
     for s in args.scales:
         for mb in args.micro_batch:
             for m in args.methods:
-                for h, a in itertools.product(args.head, args.attention):
+                for h in args.head:
                     try:
-                        rows.append(bench(s, m, micro_of(s, mb), h, args.warmup, args.steps, peak, attention=a))
+                        rows.append(bench(s, m, micro_of(s, mb), h, args.warmup, args.steps, peak))
                     except torch.OutOfMemoryError:
-                        rows.append({"scale": s, "method": m, "head": h, "attention": a, "micro_batch": micro_of(s, mb),
-                                     "ms_per_step": "OOM"})
+                        rows.append({"scale": s, "method": m, "head": h, "micro_batch": micro_of(s, mb), "ms_per_step": "OOM"})
                     print(rows[-1], flush=True)
                     if args.profile and rows[-1].get("ms_per_step") != "OOM":
-                        profile(s, m, micro_of(s, mb), h, args.out, a)
+                        profile(s, m, micro_of(s, mb), h, args.out)
     write_table(rows, args.out, args.stem, head)
 
 
