@@ -195,8 +195,8 @@ class OrthoGrad(torch.optim.Optimizer):
         self.base = base
         self.eps = eps
         # Compiled, ⊥Grad is several small kernels per parameter tensor; combo kernels launch
-        # them together. At 57M on an H200 its overhead went from +3.7% to +2.3% of the step
-        # (results/benchmarks/README.md, call 9).
+        # them together. On an H200 its overhead at 221M went from +6.2% to +1.3-2.2% of the
+        # step, and to at most +1.5% at the other scales (results/benchmarks/README.md, calls 10-12).
         self._orthogonalize = (compiled(orthogonalize_gradients_, combo_kernels=True) if compile
                                else orthogonalize_gradients_)
         self.skip_names = skip

@@ -16,6 +16,9 @@ nanoGPT's FLOPs per token (6 x matmul weights + attention) against a bf16 peak o
 (PERFORMANCE.md's 8192^3 matmul on the lent H100; --peak-tflops 0 measures it here, which
 varied from 747 to 797 between calls, too noisy to compare MFU across runs). Peak memory is torch.cuda.max_memory_allocated.
 
+Run to run, the same configuration varies by about 1% within one invocation: to compare two
+methods at that level, interleave them (`--methods baseline mu-centering baseline mu-centering`).
+
 --concurrent N runs N copies of one configuration at once on the GPU, each its own process
 (with --mps under CUDA MPS, started and stopped here), and reports their total tokens/s.
 Writes benchmark.md and benchmark.csv (and profile_*.md) into --out, with GPU, torch, date
