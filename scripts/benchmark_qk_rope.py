@@ -4,8 +4,10 @@ against a candidate, on one GPU.
     python scripts/benchmark_qk_rope.py [--scales 16M 221M] [--out DIR] [--stem NAME]
 
 On an H200 at 221M these passes are five inductor kernels per layer, 9.4 ms of a 141 ms step
-(issue4/profile_221M_baseline_chunked_h200_mb16.md), several times what moving q and k through
-memory needs. The model's RoPE splits each head into pairs, rotates them and stacks and
+(issue4/profile_221M_baseline_chunked_h200_mb16.md). From the tensor sizes, each kernel takes
+about 1 to 3 times what its reads and writes of q and k need at the H200's bandwidth (an
+estimate: the profile does not say which tensors each kernel moves), so a few ms at most are
+to be won. The model's RoPE splits each head into pairs, rotates them and stacks and
 concatenates the result; the candidate writes the same rotation as one expression over the
 whole head, x·cos + swap(x)·sin, with swap exchanging the two members of each pair and the
 tables 1 and 0 on the dimensions RoPE leaves alone. Both compute in float32; their outputs and
