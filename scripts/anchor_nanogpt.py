@@ -17,7 +17,6 @@ same program: run it on an H100 and compare.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import sys
 import time
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nanoGPT.model import get_scale  # noqa: E402
-from scripts.benchmark import write_table  # noqa: E402
+from scripts.benchmark import table_header, write_table  # noqa: E402
 
 ANCHOR_MICRO_BATCH = {"16M": 32, "29M": 32, "57M": 16, "109M": 16, "221M": 8}  # PERFORMANCE.md's table
 V, T = 50304, 2048
@@ -112,9 +111,7 @@ def main() -> None:
     for s in args.scales:
         rows.append(measure(s, ANCHOR_MICRO_BATCH[s]))
         print(rows[-1], flush=True)
-    head = (f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}; "
-            f"nanoGPT's architecture and bench.py loop (scripts/anchor_nanogpt.py)\n\n"
-            f"Command: python scripts/anchor_nanogpt.py {' '.join(sys.argv[1:])}\n\n")
+    head = table_header("nanoGPT's architecture and bench.py loop (scripts/anchor_nanogpt.py)")
     write_table(rows, args.out, args.stem, head)
 
 

@@ -210,6 +210,13 @@ class Mps:
 
 
 # ----------------------------------------------------------------------------- main
+def table_header(what: str) -> str:
+    """The first lines of every benchmark table: the GPU, torch, date, what was timed, and the
+    command that made it (the script's name and its arguments as given)."""
+    return (f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}; {what}\n\n"
+            f"Command: python scripts/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}\n\n")
+
+
 def write_table(rows: list[dict], out: Path, stem: str, head: str) -> None:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "".join(
@@ -253,10 +260,9 @@ def main() -> None:
         (args.worker / f"result.{args.rank}.json").write_text(json.dumps(row))
         return
 
-    head = (f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}, seq 2048, bf16 autocast, "
-            f"torch.compile, one micro-batch per step, median of {args.steps} steps after {args.warmup} warm-up; "
-            f"MFU vs {peak:.0f} TFLOP/s ({'given' if args.peak_tflops else 'measured: bf16 8192^3 matmul'})\n\n"
-            f"Command: python scripts/benchmark.py {' '.join(sys.argv[1:])}\n\n")
+    head = table_header(f"seq 2048, bf16 autocast, torch.compile, one micro-batch per step, median of {args.steps} steps "
+                        f"after {args.warmup} warm-up; MFU vs {peak:.0f} TFLOP/s "
+                        f"({'given' if args.peak_tflops else 'measured: bf16 8192^3 matmul'})")
     rows = []
     if args.concurrent:
         with Mps(args.mps):

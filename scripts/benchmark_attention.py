@@ -12,7 +12,6 @@ they agree. Median of --steps after --warmup, timed with CUDA events.
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from nanoGPT.model import GPTConfig, get_scale  # noqa: E402
-from scripts.benchmark import write_table  # noqa: E402
+from scripts.benchmark import table_header, write_table  # noqa: E402
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -83,11 +82,9 @@ def main() -> None:
             rows.append(measure(scale, backend, args.warmup, args.steps, reference))
             print(rows[-1], flush=True)
             torch.cuda.empty_cache()
-    head = (f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
-            f"{datetime.date.today()}; causal SDPA, bf16, median of {args.steps} after {args.warmup} warm-up. "
-            f"TFLOP/s count the causal half (backward = 2.5x forward). max_rel_diff_vs_first: output and q/k/v "
-            f"gradients against the scale's first backend\n\n"
-            f"Command: python scripts/benchmark_attention.py {' '.join(sys.argv[1:])}\n\n")
+    head = table_header(f"cuDNN {torch.backends.cudnn.version()}; causal SDPA, bf16, median of {args.steps} after "
+                        f"{args.warmup} warm-up. TFLOP/s count the causal half (backward = 2.5x forward). "
+                        f"max_rel_diff_vs_first: output and q/k/v gradients against the scale's first backend")
     write_table(rows, args.out, args.stem, head)
 
 

@@ -16,7 +16,6 @@ gradients are compared here. If the candidate is faster, it replaces nanoGPT.mod
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from nanoGPT.model import GPTConfig, Rotary, get_scale  # noqa: E402
-from scripts.benchmark import write_table  # noqa: E402
+from scripts.benchmark import table_header, write_table  # noqa: E402
 from scripts.benchmark_attention import time_ms  # noqa: E402
 
 
@@ -102,10 +101,10 @@ def main() -> None:
         rows += measure(scale, args.warmup, args.steps)
         for r in rows[-2:]:
             print(r, flush=True)
-    head = (f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}; one layer's "
-            f"qk-LayerNorm + RoPE on q and k, compiled, under bf16 autocast; median of {args.steps} after {args.warmup} "
-            f"warm-up. x_memory_floor: forward + backward time over the time to read q and k and "
-            f"write the outputs once each way, and write qkv's gradient, at 4.8 TB/s (H200)\n\nCommand: python scripts/benchmark_qk_rope.py {' '.join(sys.argv[1:])}\n\n")
+    head = table_header(f"one layer's qk-LayerNorm + RoPE on q and k, compiled, under bf16 autocast; median of "
+                        f"{args.steps} after {args.warmup} warm-up. x_memory_floor: forward + backward time over the "
+                        f"time to read q and k and write the outputs once each way, and write qkv's gradient, at "
+                        f"4.8 TB/s (H200)")
     write_table(rows, args.out, args.stem, head)
 
 
