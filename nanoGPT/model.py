@@ -5,7 +5,8 @@ LayerNorm gains without biases, no biases anywhere. Attention is causal with per
 qk-LayerNorm applied to q and k *before* RoPE, RoPE on the first half of each head's
 dimensions (the published code used rotary-embedding-torch with dim = head_dim // 2, which
 rotates interleaved pairs), fused (flash) attention through F.scaled_dot_product_attention,
-which picks cuDNN's kernel on Hopper GPUs: the fastest at our head dims (scripts/benchmark_attention.py).
+which picks cuDNN's kernel on Hopper GPUs, the fastest at our head dims
+(scripts/benchmark_attention.py).
 SwiGLU MLP with hidden size 256·ceil((2·4d/3)/256), parameter-matched to a 4d GELU MLP.
 """
 from __future__ import annotations
