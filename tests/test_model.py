@@ -12,6 +12,7 @@ Independent references used here (never the module's own helpers):
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,6 +128,29 @@ def test_count_parameters_16M_hand_computed():
     assert total == 26_840_576
     counts = count_parameters(GPTConfig.from_scale("16M"))
     assert counts == {"total": total, "non_embedding": non_embedding}
+
+
+def test_readme_scale_table_is_the_code_s():
+    """The README's table of scales (shapes, counts, micro-batches, peaks) is what the code uses,
+    so a change to SCALES cannot leave the documentation behind."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {}
+    for line in readme.split("## Scales", 1)[1].split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 9 and cells[0] in SCALES:
+            rows[cells[0]] = cells
+    assert set(rows) == set(SCALES)
+    for name, (_, letter, shape, hidden, total, non_emb, label, micro, peak) in rows.items():
+        s, cfg = SCALES[name], GPTConfig.from_scale(name)
+        counts = count_parameters(cfg)
+        assert letter == s.letter
+        assert shape == f"{s.n_layer} × {s.d_model} ({s.n_head})"
+        assert int(hidden) == cfg.mlp_hidden
+        assert int(total.replace(",", "")) == counts["total"]
+        assert int(non_emb.replace(",", "")) == counts["non_embedding"]
+        assert int(label.replace(",", "")) == counts["non_embedding"] + cfg.vocab_size * cfg.d_model
+        assert int(micro) == s.max_micro_batch
+        assert peak == ("–" if s.peak_gib == 0 else f"{s.peak_gib:.1f} GiB")
 
 
 def test_tied_weights_share_tensor_and_reduce_count():
