@@ -6,8 +6,7 @@
 # Compilation first, in parallel processes (two waves, to stay within the GPU's memory), then
 # every timed measurement one at a time.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source results/device_env.sh   # the carried wheels, PYTHONPATH
 mkdir -p /tmp/warm
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/console.txt"
 t0=$SECONDS

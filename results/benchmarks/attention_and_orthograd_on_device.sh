@@ -7,8 +7,7 @@
 # step: no change at any scale (the context did not reach the compiled graph, which kept cuDNN),
 # so that option was removed from scripts/benchmark.py and from this script.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source results/device_env.sh   # the carried wheels, PYTHONPATH
 mkdir -p /tmp/warm
 log="$OUT/console_attention_orthograd.txt"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$log"

@@ -7,8 +7,7 @@
 # Everything compiles first, in parallel processes (inductor's on-disk cache); the timed
 # invocations then run one configuration at a time, so ratios come from one machine state.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source results/device_env.sh   # the carried wheels, PYTHONPATH
 mkdir -p /tmp/warm /tmp/mb
 scales=("$@")
 stem=$(IFS=_; echo "${scales[*]}")

@@ -8,8 +8,7 @@
 # With PROBE_CDT=1 it then times the baseline of the last scale again with inductor's
 # coordinate-descent tuning of its generated kernels (a longer compile).
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source results/device_env.sh   # the carried wheels, PYTHONPATH
 mkdir -p /tmp/warm
 scales=("$@")
 stem=$(IFS=_; echo "${scales[*]}")

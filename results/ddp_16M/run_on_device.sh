@@ -9,8 +9,7 @@
 # Writes $OUT/ddp_16M.tgz (the three runs' folders, without checkpoints) and the comparison.
 set -euo pipefail
 steps=${1:-300}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHON=python3
+source results/device_env.sh   # the carried wheels, PYTHONPATH
 python3 -m nanoGPT.config configs/grids/repro_16M.toml > /dev/null   # writes configs/runs/repro_16M/
 cfg=$(ls configs/runs/repro_16M/*-lr100-baseline-*.toml)   # lr 1e-2
 bash results/repro_16M/make_shards.sh

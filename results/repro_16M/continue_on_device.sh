@@ -18,8 +18,7 @@ set -euo pipefail
 budget=${1:?usage: continue_on_device.sh SECONDS [PATTERN ...]}; shift
 grid=${GRID:-repro_16M}
 here=results/$grid
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHON=python3
+source results/device_env.sh   # the carried wheels, PYTHONPATH
 bash results/repro_16M/make_shards.sh
 sha256sum data/debian_docs_tok/*.bin   # compare with the README: the same shards as the first runs
 [ -f "$here/runs.tgz" ] && tar xzf "$here/runs.tgz"   # logs/ and output/$grid/<finished runs>
