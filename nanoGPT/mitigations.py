@@ -140,16 +140,17 @@ def mu_center_(E: torch.Tensor) -> None:
     E.sub_(E.mean(dim=0, keepdim=True))
 
 
-_compiled: dict[str, object] = {}
+_compiled: dict[tuple, object] = {}
 
 
 def compiled(fn, **inductor_options):
-    """fn under torch.compile, built once per process: the GPU path of the per-step math (the
-    loss head's chunks, ⊥Grad, mu-centering), which fuses its many small kernels into few. Its
-    shapes are fixed for a run, so the graphs are static (dynamic=False)."""
-    if fn.__name__ not in _compiled:
-        _compiled[fn.__name__] = torch.compile(fn, dynamic=False, options=inductor_options or None)
-    return _compiled[fn.__name__]
+    """fn under torch.compile, built once per process and set of inductor options: the GPU path
+    of the per-step math (the loss head's chunks, ⊥Grad, mu-centering), which fuses its many
+    small kernels into few. Its shapes are fixed for a run, so the graphs are static (dynamic=False)."""
+    key = (fn.__name__, *sorted(inductor_options.items()))
+    if key not in _compiled:
+        _compiled[key] = torch.compile(fn, dynamic=False, options=inductor_options or None)
+    return _compiled[key]
 
 
 # ----------------------------------------------------------------------------- ⊥Grad
