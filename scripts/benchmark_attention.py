@@ -22,22 +22,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from nanoGPT.model import GPTConfig, get_scale  # noqa: E402
-from scripts.benchmark import table_header, write_table  # noqa: E402
+from scripts.benchmark import table_header, time_steps, write_table  # noqa: E402
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
 def time_ms(fn, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
-    events[0].record()
-    for i in range(steps):
-        fn()
-        events[i + 1].record()
-    torch.cuda.synchronize()
-    return statistics.median(events[i].elapsed_time(events[i + 1]) for i in range(steps))
+    """Median milliseconds of fn(), timed as benchmark.py times a training step."""
+    return 1e3 * statistics.median(time_steps(lambda _: fn(), warmup, steps))
 
 
 def measure(scale: str, backend: str, warmup: int, steps: int, reference: dict) -> dict:
