@@ -22,9 +22,17 @@ unchunked head would), the per-row math in float32 (float64 for a float64 model,
 float64 checks of the training loop are exact). With ``float32_logits`` the logits are the
 same bf16 products, accumulated in float32 as always, but not rounded to bf16 on output; the
 gradient is rounded as before, so only the logits' rounding differs.
+
+Each chunk's row math (statistics and gradient) has two implementations with one set of
+formulas: on a GPU, one hand-written Triton kernel (triton_head.py: two passes over each row,
+the gradient written over the logits); elsewhere, and with ``triton=False``, ``_chunk`` in
+torch, which inductor fuses when the head is compiled. On an H200 the kernel takes 0.58 ms for
+a chunk of 8192 x 50304 bf16 logits where inductor's fusion takes 0.95 ms: the 16M step is
+7.7% shorter (results/benchmarks/README.md, call 14).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -46,9 +54,9 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     the logit moments and max, and for StableMax the softmax ones (Σ lse², Σ softmax ce),
     which would cost it an exponential per logit.
 
-    Written for both of its uses: compiled on the GPU, where inductor fuses it into a reduction
-    and a pointwise kernel, and eager on the CPU, where every [rows, V] temporary is a pass over
-    memory (hence the in-place products, and a scatter for the target entries when eager)."""
+    Written for both of its uses: eager on the CPU, where every [rows, V] temporary is a pass
+    over memory (hence the in-place products, and a scatter for the target entries when eager),
+    and compiled on a GPU without the Triton kernel, where inductor fuses it into one kernel."""
     z = logits.to(keep_weight.dtype)
     kept = keep_weight != 0
     t = targets.clamp(min=0).unsqueeze(1)
@@ -70,13 +78,10 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     else:
         ce = lse - z_t
     # Row reductions first (they share the read of z with the log-sum-exp), then over rows.
-    nan = torch.full((), math.nan, dtype=z.dtype, device=z.device)
-    stats = torch.stack([torch.where(kept, ce, 0).sum(),
-                         torch.where(kept, lse.square(), 0).sum() if has_lse else nan,
-                         z.sum(1).sum() if diagnostics else nan,
-                         torch.linalg.vector_norm(z, dim=1).square().sum() if diagnostics else nan,
-                         z_max.max() if diagnostics else nan, kept.sum().to(z.dtype),
-                         torch.where(kept, lse - z_t, 0).sum() if has_lse else nan])
+    stats = chunk_statistics(kept, ce, lse if has_lse else None, lse - z_t if has_lse else None,
+                             z.sum(1) if diagnostics else None,
+                             torch.linalg.vector_norm(z, dim=1).square() if diagnostics else None,
+                             z_max.squeeze(1) if diagnostics else None)
     if not with_grad:
         return None, stats
     w = keep_weight.unsqueeze(1)
@@ -96,6 +101,43 @@ def _chunk(logits: torch.Tensor, targets: torch.Tensor, keep_weight: torch.Tenso
     else:  # eager: touch only the target entries
         grad.scatter_add_(1, t, -target_term)
     return grad.to(grad_dtype or logits.dtype), stats
+
+
+def chunk_statistics(kept: torch.Tensor, ce: torch.Tensor, lse: torch.Tensor | None, softmax_ce: torch.Tensor | None,
+                     z_sum: torch.Tensor | None, z_sq: torch.Tensor | None, z_max: torch.Tensor | None) -> torch.Tensor:
+    """A chunk's statistics [Σ ce, Σ lse², Σ z, Σ z², max z, kept rows, Σ softmax ce] (columns
+    CE_SUM ... SOFTMAX_CE_SUM; sums over kept rows but the logit moments) from its per-row
+    values, in ce's dtype; a value not given (None) is NaN."""
+    nan = torch.full((), math.nan, dtype=ce.dtype, device=ce.device)
+    return torch.stack([torch.where(kept, ce, 0).sum(),
+                        torch.where(kept, lse.square(), 0).sum() if lse is not None else nan,
+                        z_sum.sum() if z_sum is not None else nan,
+                        z_sq.sum() if z_sq is not None else nan,
+                        z_max.max() if z_max is not None else nan, kept.sum().to(ce.dtype),
+                        torch.where(kept, softmax_ce, 0).sum() if softmax_ce is not None else nan])
+
+
+def _triton_chunk(logits, targets, keep_weight, stablemax, z_gamma, with_grad, grad_dtype, diagnostics,
+                  compile_statistics: bool = False):
+    """_chunk's results from the Triton kernel (nanoGPT/triton_head.py); the logits are consumed."""
+    from .triton_head import head_rows
+    grad, rows = head_rows(logits, targets, keep_weight, stablemax, z_gamma, with_grad, grad_dtype, diagnostics)
+    statistics = compiled(_row_table_statistics) if compile_statistics else _row_table_statistics
+    return grad, statistics(keep_weight, rows)
+
+
+def _row_table_statistics(keep_weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return chunk_statistics(keep_weight != 0, *rows.unbind(1))
+
+
+def _triton_usable(logits: torch.Tensor) -> bool:
+    if not logits.is_cuda or logits.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return False
+    try:
+        import triton  # noqa: F401  (in every CUDA build of torch; absent from CPU installs)
+    except ImportError:
+        return False
+    return True
 
 
 def _logits(h: torch.Tensor, W: torch.Tensor, float32_out: bool) -> torch.Tensor:
@@ -127,7 +169,10 @@ class _HeadLoss(torch.autograd.Function):
         keep_weight = keep.to(math_dtype) / keep.sum().clamp(min=1)  # mean over kept rows; no host sync
         dh = torch.empty_like(hc) if grad_h else None
         dW = torch.zeros_like(W, dtype=math_dtype) if grad_W else None
-        chunk = compiled(_chunk) if head.compiled else _chunk
+        if head.triton and _triton_usable(hc):
+            chunk = functools.partial(_triton_chunk, compile_statistics=head.compiled)
+        else:
+            chunk = compiled(_chunk) if head.compiled else _chunk
         stats = []
         for start in range(0, h.size(0), head.chunk_rows):
             rows = slice(start, start + head.chunk_rows)
@@ -161,11 +206,14 @@ class _HeadLoss(torch.autograd.Function):
 @dataclass(frozen=True)
 class LossHead:
     """What the head computes: softmax or StableMax cross-entropy, plus γ·mean(lse²) (z-loss)
-    when z_gamma > 0. ``compiled`` fuses each chunk's row math into a few kernels (GPU)."""
+    when z_gamma > 0. ``compiled``: the per-chunk torch math under torch.compile (GPU training)."""
     stablemax: bool = False
     z_gamma: float = 0.0
     chunk_rows: int = 8192
     compiled: bool = False
+    # On a GPU, the row math as the hand-written Triton kernel (triton_head.py), compiled or not;
+    # False: _chunk, fused by inductor when compiled (the comparison of scripts/benchmark_head_kernel.py).
+    triton: bool = True
     ignore_index: int = IGNORE_INDEX
     float32_logits: bool = False    # the logits not rounded to the autocast dtype (see the module's docstring)
     # False: the statistics that the loss does not need come out NaN, at no cost (see _chunk).

@@ -1,7 +1,13 @@
 """Shared fixtures: a small real-text corpus in shards, and tiny run configs over it."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The suite runs on the CPU. The loss head's Triton kernel (tests/test_triton_head.py) then runs
+# in Triton's interpreter, which has to be on before anything imports triton (torch's inductor
+# does, in the compile tests): triton.language's own helpers are decorated when it is imported.
+os.environ["TRITON_INTERPRET"] = "1"
 
 import pydoc_data.topics
 import pytest
