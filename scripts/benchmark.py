@@ -5,8 +5,9 @@
     python scripts/benchmark.py --scales 16M --methods baseline --concurrent 1 2 4 [--mps]
 
 Each (scale, method) runs the training step of nanoGPT/train.py on synthetic tokens: the
-compiled model, the chunked loss head (or, with --head naive, whole-batch logits and the
-compiled unchunked loss for comparison), backward, gradient clipping, the divergence monitor,
+compiled model, the chunked loss head with its Triton row kernel (or, for comparison, with
+--head chunked-inductor the same head with inductor's fusion of the row math, and with --head
+naive whole-batch logits and the compiled unchunked loss), backward, gradient clipping, the divergence monitor,
 fused AdamW (wrapped in ⊥Grad where the method says), mu-centering; the loss head's logit
 diagnostics on every log_interval-th step only, as in training. One micro-batch per step
 (the scale's largest, or --micro-batch), sequence 2048, bf16 autocast, as nanoGPT's bench.py
@@ -83,7 +84,8 @@ def build_step(scale: str, method: str, micro: int, head_kind: str):
     model = GPT(cfg.gpt_config()).cuda()
     opt = build_optimizer(model, cfg, "cuda", compile=True)
     mit = cfg.mitigation
-    head = NaiveHead(mit) if head_kind == "naive" else LossHead.for_mitigation(mit, compiled=True, float32_logits=cfg.model.float32_logits)
+    head = NaiveHead(mit) if head_kind == "naive" else LossHead.for_mitigation(
+        mit, compiled=True, triton=head_kind == "chunked", float32_logits=cfg.model.float32_logits)
     quiet_head = head if head_kind == "naive" else replace(head, diagnostics=False)
     fwd = torch.compile(model)
     monitor = DivergenceMonitor(0.0, torch.device("cuda"))
@@ -137,7 +139,8 @@ def bench(scale: str, method: str, micro: int, head_kind: str, warmup: int, step
 
 # ----------------------------------------------------------------------------- profile
 CATEGORIES = (("matmul", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas")), ("attention", ("flash", "fmha", "attention")),
-              ("optimizer", ("adam", "foreach", "multi_tensor")), ("fused elementwise/reductions (inductor)", ("triton",)))
+              ("optimizer", ("adam", "foreach", "multi_tensor")), ("loss head row kernel (Triton)", ("head_rows",)),
+              ("fused elementwise/reductions (inductor)", ("triton",)))
 
 
 def profile(scale: str, method: str, micro: int, head_kind: str, out: Path) -> None:
@@ -234,7 +237,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scales", nargs="+", default=["16M", "29M", "57M", "109M", "221M"])
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    p.add_argument("--head", nargs="+", default=["chunked"], choices=["chunked", "naive"])
+    p.add_argument("--head", nargs="+", default=["chunked"], choices=["chunked", "chunked-inductor", "naive"],
+                   help="chunked: the training head (Triton row kernel); chunked-inductor: the same with inductor's "
+                        "fusion of the row math; naive: whole-batch logits")
     p.add_argument("--micro-batch", type=int, nargs="+", default=[0], help="0: the scale's largest micro-batch")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--steps", type=int, default=30)
