@@ -34,8 +34,9 @@ class Scale:
 # micro-batch of PERFORMANCE.md (at 16M: 64, the published global batch): the chunked loss
 # head freed the memory, and the doubled micro-batch ran 2.3-4.9% more tokens/s at 29M-221M
 # on an H200 (results/benchmarks/README.md, session 14). peak_gib was measured with
-# scripts/benchmark.py (bf16, compiled, chunked head) and lets smaller GPUs halve the
-# micro-batch until it fits.
+# scripts/benchmark.py (bf16, compiled, chunked head with inductor's row math; the Triton row
+# kernel needs 0.77 GiB less, so these bound both) and lets smaller GPUs halve the micro-batch
+# until it fits.
 SCALES: dict[str, Scale] = {s.name: s for s in (
     Scale("tiny", "T", 2, 64, 4, 64, 0.0),   # tests and the CPU default grid only
     Scale("16M", "4", 6, 224, 4, 64, 10.72),
