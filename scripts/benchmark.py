@@ -220,6 +220,16 @@ def table_header(what: str) -> str:
             f"Command: python scripts/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}\n\n")
 
 
+def micro_benchmark_parser(doc: str, stem: str) -> argparse.ArgumentParser:
+    """The arguments every kernel micro-benchmark takes: its timing, and where its table goes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    p.add_argument("--stem", default=stem)
+    return p
+
+
 def write_table(rows: list[dict], out: Path, stem: str, head: str) -> None:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "".join(

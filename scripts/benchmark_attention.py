@@ -11,7 +11,6 @@ they agree. Median of --steps after --warmup, timed with CUDA events.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from nanoGPT.model import GPTConfig, get_scale  # noqa: E402
-from scripts.benchmark import table_header, time_steps, write_table  # noqa: E402
+from scripts.benchmark import micro_benchmark_parser, table_header, time_steps, write_table  # noqa: E402
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -60,13 +59,9 @@ def measure(scale: str, backend: str, warmup: int, steps: int, reference: dict) 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = micro_benchmark_parser(__doc__, "attention_backends")
     p.add_argument("--scales", nargs="+", default=["16M", "29M", "57M", "109M", "221M"])
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--out", type=Path, default=Path("results/benchmarks"))
-    p.add_argument("--stem", default="attention_backends")
     args = p.parse_args()
     reference: dict = {}
     rows = []

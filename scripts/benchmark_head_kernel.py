@@ -12,7 +12,6 @@ so a rounding step apart at most) and the statistics.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from nanoGPT.fused_head import _chunk, _row_table_statistics  # noqa: E402
 from nanoGPT.mitigations import compiled  # noqa: E402
 from nanoGPT.triton_head import head_rows  # noqa: E402
-from scripts.benchmark import table_header, write_table  # noqa: E402
+from scripts.benchmark import micro_benchmark_parser, table_header, write_table  # noqa: E402
 from scripts.benchmark_attention import time_ms  # noqa: E402
 
 V = 50304
@@ -67,12 +66,8 @@ def measure(rows: int, warmup: int, steps: int) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = micro_benchmark_parser(__doc__, "head_kernel")
     p.add_argument("--rows", type=int, default=8192, help="rows per chunk (LossHead.chunk_rows)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--out", type=Path, default=Path("results/benchmarks"))
-    p.add_argument("--stem", default="head_kernel")
     args = p.parse_args()
     rows = measure(args.rows, args.warmup, args.steps)
     head = table_header(f"one chunk of the loss head's row math, {args.rows} x {V} bf16 logits, statistics and "

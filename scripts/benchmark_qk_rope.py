@@ -17,7 +17,6 @@ the candidate's forward was faster and its backward slower: forward + backward 1
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from nanoGPT.model import GPTConfig, Rotary, get_scale  # noqa: E402
-from scripts.benchmark import table_header, write_table  # noqa: E402
+from scripts.benchmark import micro_benchmark_parser, table_header, write_table  # noqa: E402
 from scripts.benchmark_attention import time_ms  # noqa: E402
 
 
@@ -91,12 +90,8 @@ def measure(scale: str, warmup: int, steps: int) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = micro_benchmark_parser(__doc__, "qk_rope")
     p.add_argument("--scales", nargs="+", default=["16M", "29M", "57M", "109M", "221M"])
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--out", type=Path, default=Path("results/benchmarks"))
-    p.add_argument("--stem", default="qk_rope")
     args = p.parse_args()
     rows = []
     for scale in args.scales:
