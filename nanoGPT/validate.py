@@ -91,7 +91,7 @@ def evaluate(run_dir: Path, device: str = "auto") -> dict:
     # The training loss head, without gradients: one chunked pass gives both cross-entropies
     # and the logit statistics, and no batch's logits exist all at once. Not torch.compiled:
     # that would cost more than the seconds a validation budget takes (on a GPU the row math is
-    # still the head's Triton kernel, which compiles in about a second).
+    # still the head's Triton kernel, built once and cached on disk by Triton).
     head = LossHead(stablemax=stablemax, float32_logits=cfg.model.float32_logits)  # the numerics it trained with
 
     sums, n_logits, t0 = None, 0, time.perf_counter()
