@@ -73,7 +73,7 @@ def _head_rows_kernel(z_ptr, g_ptr, t_ptr, w_ptr, out_ptr, V, z_stride, g_stride
         ce = tl.log(S) - tl.where(z_t >= 0, log_s_t, -log_s_t)
     else:
         ce = lse - z_t
-    out_row = out_ptr + row * 6
+    out_row = out_ptr + row * 6  # columns ROW_CE ... ROW_Z_MAX
     tl.store(out_row + 0, ce)
     tl.store(out_row + 1, lse)
     tl.store(out_row + 2, lse - z_t)
