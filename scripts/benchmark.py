@@ -7,8 +7,8 @@
 Each (scale, method) runs the training step of nanoGPT/train.py on synthetic tokens: the
 compiled model, the chunked loss head with its Triton row kernel (or, for comparison, with
 --head chunked-inductor the same head with inductor's fusion of the row math, and with --head
-naive whole-batch logits and the compiled unchunked loss), backward, gradient clipping, the divergence monitor,
-fused AdamW (wrapped in ⊥Grad where the method says), mu-centering; the loss head's logit
+naive whole-batch logits and the compiled unchunked loss), backward, gradient clipping, the
+divergence monitor, fused AdamW (wrapped in ⊥Grad where the method says), mu-centering; the loss head's logit
 diagnostics on every log_interval-th step only, as in training. One micro-batch per step
 (the scale's largest, or --micro-batch), sequence 2048, bf16 autocast, as nanoGPT's bench.py
 measures its anchor. Warm-up steps (compilation) are excluded; the timed steps are queued
@@ -121,6 +121,11 @@ def time_steps(step, warmup: int, steps: int, barrier: tuple[Path, int, int] | N
         events[i + 1].record()
     torch.cuda.synchronize()
     return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)]
+
+
+def time_ms(fn, warmup: int, steps: int) -> float:
+    """Median milliseconds of fn(), timed as a training step is (the kernel micro-benchmarks)."""
+    return 1e3 * statistics.median(time_steps(lambda _: fn(), warmup, steps))
 
 
 def bench(scale: str, method: str, micro: int, head_kind: str, warmup: int, steps: int, peak: float,

@@ -11,7 +11,6 @@ they agree. Median of --steps after --warmup, timed with CUDA events.
 """
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,15 +20,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from nanoGPT.model import GPTConfig, get_scale  # noqa: E402
-from scripts.benchmark import micro_benchmark_parser, table_header, time_steps, write_table  # noqa: E402
+from scripts.benchmark import micro_benchmark_parser, table_header, time_ms, write_table  # noqa: E402
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
-
-
-def time_ms(fn, warmup: int, steps: int) -> float:
-    """Median milliseconds of fn(), timed as benchmark.py times a training step."""
-    return 1e3 * statistics.median(time_steps(lambda _: fn(), warmup, steps))
 
 
 def measure(scale: str, backend: str, warmup: int, steps: int, reference: dict) -> dict:

@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from nanoGPT.fused_head import _chunk, _row_table_statistics  # noqa: E402
 from nanoGPT.mitigations import compiled  # noqa: E402
 from nanoGPT.triton_head import head_rows  # noqa: E402
-from scripts.benchmark import micro_benchmark_parser, table_header, write_table  # noqa: E402
-from scripts.benchmark_attention import time_ms  # noqa: E402
+from scripts.benchmark import micro_benchmark_parser, table_header, time_ms, write_table  # noqa: E402
 
 V = 50304
 CASES = {"softmax": (False, 0.0, False), "z-loss": (False, 1e-4, False), "stablemax": (True, 0.0, False),

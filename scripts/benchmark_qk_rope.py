@@ -25,8 +25,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from nanoGPT.model import GPTConfig, Rotary, get_scale  # noqa: E402
-from scripts.benchmark import micro_benchmark_parser, table_header, write_table  # noqa: E402
-from scripts.benchmark_attention import time_ms  # noqa: E402
+from scripts.benchmark import micro_benchmark_parser, table_header, time_ms, write_table  # noqa: E402
 
 
 class PairSwapRotary(nn.Module):
