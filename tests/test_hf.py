@@ -22,6 +22,7 @@ import nanoGPT.config
 import nanoGPT.hf as hf
 import nanoGPT.mitigations as mit
 import nanoGPT.train
+from formulas import stablemax_s_ref
 from nanoGPT.data import EOT, GPT2_VOCAB, TokenStream, gpt2_tokenizer
 from nanoGPT.hf import (MitigationNotApplicable, StableTrainer, StableTrainingArguments, TokenBlocks,
                         embeddings_tied, output_embedding, untie_output_embeddings)
@@ -87,10 +88,6 @@ def trainer(model, tmp_path, data=None, **kw) -> StableTrainer:
 
 
 # ----------------------------------------------------------------------------- float64 references
-def s64(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x >= 0, x + 1, 1 / (1 - x))
-
-
 def reference_terms(model, batch: dict) -> dict[str, torch.Tensor]:
     """CE, mean log²Z, StableMax CE over the kept (shifted) targets, and μ·μ of the LM head."""
     with torch.no_grad():
@@ -101,7 +98,7 @@ def reference_terms(model, batch: dict) -> dict[str, torch.Tensor]:
     lse = torch.log(torch.exp(z).sum(-1))
     mu = model.lm_head.weight.detach().double().mean(0)
     return {"ce": (lse - picked).mean(), "lse_sq": (lse ** 2).mean(), "mu_sq": mu @ mu,
-            "stable_ce": -torch.log(s64(picked) / s64(z).sum(-1)).mean()}
+            "stable_ce": -torch.log(stablemax_s_ref(picked) / stablemax_s_ref(z).sum(-1)).mean()}
 
 
 def reference_loss(terms: dict, method: str, gamma: float) -> torch.Tensor:
@@ -122,7 +119,7 @@ def n_targets(batch: dict) -> torch.Tensor:
 # ----------------------------------------------------------------------------- StableMax modules
 def test_stablemax_modules_match_the_formula():
     z = torch.tensor([[3.0, -2.0, 0.0, 0.5], [-40.0, 7.0, 1.0, -0.25]], requires_grad=True)
-    s = s64(z.detach().double())
+    s = stablemax_s_ref(z.detach().double())
     p = s / s.sum(-1, keepdim=True)
     assert torch.allclose(StableMax()(z).double(), p, rtol=1e-6)
     assert torch.allclose(LogStableMax(dim=-1)(z).double(), p.log(), rtol=1e-6)

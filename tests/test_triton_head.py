@@ -1,5 +1,5 @@
 """The loss head's Triton row kernel (nanoGPT/triton_head.py), run on the CPU by Triton's
-interpreter (TRITON_INTERPRET=1, set in conftest.py), against formulas written here in
+interpreter (TRITON_INTERPRET=1, set in conftest.py), against formulas written in the tests in
 float64 from the definitions:
 - softmax cross-entropy lse(z) − z_t, z-loss γ·lse², and their gradient
   w·(softmax(z)·(1 + 2γ·lse) − onehot(t));
@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from formulas import stablemax_s_ref
 from nanoGPT.triton_head import ROW_CE, ROW_LSE, ROW_SOFTMAX_CE, ROW_Z_MAX, ROW_Z_SQ, ROW_Z_SUM, head_rows
 
 IGNORE = -100
@@ -33,10 +34,6 @@ def logits_and_targets(rows=7, scale=4.0, seed=0):
     return z, t, w
 
 
-def s_of(z):
-    return torch.where(z >= 0, z + 1, 1 / (1 - torch.where(z >= 0, torch.zeros_like(z), z)))
-
-
 def reference(z, t, w, stablemax, gamma):
     """Per-row ce, lse, softmax ce and dL/dz of L = Σ w·(ce + γ·lse²), all float64."""
     z = z.clone().requires_grad_()
@@ -44,7 +41,7 @@ def reference(z, t, w, stablemax, gamma):
     lse = torch.logsumexp(z, 1)
     z_t = z.gather(1, tc.unsqueeze(1)).squeeze(1)
     if stablemax:
-        s = s_of(z)
+        s = stablemax_s_ref(z)
         ce = torch.log(s.sum(1)) - torch.log(s.gather(1, tc.unsqueeze(1)).squeeze(1))
     else:
         ce = lse - z_t

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import tiny_run
+from formulas import stablemax_s_ref
 from nanoGPT import validate
 from nanoGPT.checkpoint import load_checkpoint
 from nanoGPT.model import GPT
@@ -37,7 +38,7 @@ def reference(cfg, val_tokens: int) -> dict[str, float]:
             x, y = tokens[start:start + n], tokens[start + 1:start + n + 1]
             z = model(x[None])[0]
             ce.append(-torch.log_softmax(z, -1).gather(1, y[:, None]).squeeze(1))
-            s = torch.where(z >= 0, z + 1, 1 / (1 - torch.clamp(z, max=0)))
+            s = stablemax_s_ref(z)
             sm.append(-torch.log(s / s.sum(-1, keepdim=True)).gather(1, y[:, None]).squeeze(1))
             lse_sq.append(torch.logsumexp(z, -1).pow(2))
             zs, zsq, n_logits = zs + z.sum().item(), zsq + z.pow(2).sum().item(), n_logits + z.numel()
