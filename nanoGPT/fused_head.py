@@ -130,8 +130,9 @@ def _row_table_statistics(keep_weight: torch.Tensor, rows: torch.Tensor) -> torc
     return chunk_statistics(keep_weight != 0, *rows.unbind(1))
 
 
-def _triton_usable(logits: torch.Tensor) -> bool:
-    if not logits.is_cuda or logits.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+def _triton_usable(h: torch.Tensor) -> bool:
+    """Whether the Triton kernel can take the row math of logits made from h (the head's input)."""
+    if not h.is_cuda or h.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return False
     try:
         import triton  # noqa: F401  (in every CUDA build of torch; absent from CPU installs)

@@ -1,6 +1,7 @@
 """The candidate RoPE of scripts/benchmark_qk_rope.py (x·cos + swap(x)·sin over the whole head)
-is the model's rotation, checked against the rotation written out pair by pair, so that its
-speed can be compared with the model's on the GPU and it can replace nanoGPT.model.Rotary."""
+is the model's rotation, checked against the rotation written out pair by pair, so that the
+GPU comparison of their speeds compares the same math (the candidate was slower and was not
+adopted: results/benchmarks/issue4/qk_rope_h200.md)."""
 from __future__ import annotations
 
 import math
